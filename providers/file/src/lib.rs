@@ -1,0 +1,126 @@
+//! The `file` provider: emits one event per file that appears in a watched directory, the
+//! triggerer's take on Airflow's `FileTrigger`. It owns one OS file watcher (inotify on Linux,
+//! through `notify`) shared by all its triggers, with reference-counted watches and a routing
+//! table that fans notifications out to the triggers; each trigger owns only its own scan state.
+//!
+//! Classpaths: `file.FileTrigger` (canonical), `airflow.providers.standard.triggers.file.FileTrigger`,
+//! `airflow.triggers.file.FileTrigger`. For the common message-queue trigger it serves the
+//! scheme `file` and `queue` URIs `file://PATH` (PATH becomes `filepath`).
+//!
+//! | kwarg              | type            | default  | meaning |
+//! |--------------------|-----------------|----------|---------|
+//! | `filepath`         | string          | required | A directory (every regular file directly in it), or a glob pattern matched against the full path (`/data/in/*.csv`, `/data/**/*.json`). Relative paths are resolved against the triggerer's working directory when the trigger starts. The directory (for a glob: its longest wildcard-free prefix) must exist. |
+//! | `recursive`        | bool            | `false`  | Also files in subdirectories. For a glob it lets `*` and `?` match across `/`; a `**` in the pattern implies recursive watching anyway. |
+//! | `include_modified` | bool            | `false`  | Also emit when an already emitted file is rewritten in place (same inode, new mtime), with `"event": "modified"`. |
+//! | `poke_interval`    | number (s) > 0  | none     | Also rescan every `poke_interval` seconds: a safety net for filesystems that send no notifications (NFS, some FUSE mounts). Accepted for Airflow compatibility; values below 0.1 s count as 0.1 s. |
+//!
+//! Names starting with `.` are skipped (as Python's glob does unless the pattern spells the dot):
+//! writers commonly write a hidden temporary file and rename it into place.
+//!
+//! Delivery guarantee: a file's identity is its inode, its mtime in nanoseconds and, where the
+//! filesystem keeps one, its birth time (so a new file that got a deleted file's inode number is
+//! still new); the dedup key is `file:{absolute path}:{inode}:{mtime_ns}[:{birth_ns}]` and the
+//! checkpoint maps the absolute path to `{inode}:{mtime_ns}[:{birth_ns}]`, committed with the
+//! event. The payload is
+//! `{"path", "size", "mtime" (RFC 3339, UTC), "event": "created" | "modified" | "existing"}`.
+//! A file is emitted once it is complete: on close-after-write, on a rename into the tree, or
+//! (hard links, tools that never close a written descriptor) once it has stayed unchanged for
+//! 500 ms. A file counts as new when a create or rename was seen for it in this run (inodes get
+//! reused), or when its path is absent from the checkpoint or has another inode; a new mtime
+//! alone is a modification, emitted only with `include_modified`. At start, the trigger
+//! subscribes, then scans, and emits (as `"existing"`) every matching file its committed
+//! checkpoint does not hold: a restart emits exactly the files that appeared while it was down.
+//! When events may have been lost (queue overflow, inotify overflow, watcher errors), it rescans.
+//! Deliveries are pipelined; a refused one makes the trigger fail so that the supervisor restarts
+//! it from its committed checkpoint. A missing, unreadable or deleted watch directory is an error
+//! naming the path (the supervisor retries with backoff).
+//!
+//! What it must not do: open, move or delete the files it reports (it only stats them and lists
+//! directories), block notify's thread (its callback only routes, with `try_send`), emit a file
+//! before it is complete when the OS says so, or depend on the triggerer core.
+
+mod config;
+mod trigger;
+mod watch;
+
+#[cfg(test)]
+mod tests;
+
+use std::sync::Arc;
+
+use serde_json::Value;
+use triggerer_sdk::{EventTrigger, KwargsError, Provider};
+
+pub use config::FileTriggerConfig;
+pub use trigger::FileTrigger;
+
+use watch::Hub;
+
+/// The classpaths of [`FileProvider`], canonical first.
+pub const CLASSPATHS: &[&str] = &[
+    "file.FileTrigger",
+    "airflow.providers.standard.triggers.file.FileTrigger",
+    "airflow.triggers.file.FileTrigger",
+];
+
+/// The `file` provider. One per process: it holds the OS watcher its triggers share.
+#[derive(Debug, Default)]
+pub struct FileProvider {
+    hub: Arc<Hub>,
+}
+
+impl FileProvider {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A provider whose triggers fall back to rescanning after only `capacity` queued changes.
+    #[cfg(test)]
+    fn with_channel_capacity(capacity: usize) -> Self {
+        Self {
+            hub: Arc::new(Hub::with_channel_capacity(capacity)),
+        }
+    }
+}
+
+impl Provider for FileProvider {
+    fn name(&self) -> &'static str {
+        "file"
+    }
+
+    fn classpaths(&self) -> &'static [&'static str] {
+        CLASSPATHS
+    }
+
+    fn schemes(&self) -> &'static [&'static str] {
+        &["file"]
+    }
+
+    /// `file:///data/in/*.csv` (or `file://relative/dir`) is `filepath`; other kwargs as given.
+    fn queue_kwargs(
+        &self,
+        queue: &str,
+        kwargs: &serde_json::Map<String, Value>,
+    ) -> Option<Result<Value, KwargsError>> {
+        let path = queue.strip_prefix("file://")?;
+        if kwargs.contains_key("filepath") {
+            return Some(Err(KwargsError::new(
+                "filepath",
+                "is given by the `queue` URI; set one or the other",
+            )));
+        }
+        let mut merged = kwargs.clone();
+        merged.insert("filepath".into(), Value::String(path.to_string()));
+        let merged = Value::Object(merged);
+        Some(FileTriggerConfig::from_kwargs(&merged).map(|_| merged))
+    }
+
+    fn validate(&self, kwargs: &Value) -> Result<(), KwargsError> {
+        FileTriggerConfig::from_kwargs(kwargs).map(|_| ())
+    }
+
+    fn build(&self, kwargs: &Value) -> Result<Box<dyn EventTrigger>, KwargsError> {
+        let config = FileTriggerConfig::from_kwargs(kwargs)?;
+        Ok(Box::new(FileTrigger::new(self.hub.clone(), config)))
+    }
+}

@@ -1,0 +1,784 @@
+//! Behaviour tests: real directories (tempfile), the real OS watcher, the SDK's TestRun.
+
+use std::collections::{HashMap, HashSet};
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use serde_json::{json, Value};
+use triggerer_sdk::testkit::TestRun;
+use triggerer_sdk::{Event, EventTrigger, NotCommitted, Provider};
+
+use crate::{FileProvider, FileTriggerConfig, CLASSPATHS};
+
+/// How long to wait for an event that must come. Generous: the machine may be busy.
+const WAIT: Duration = Duration::from_secs(20);
+/// How long nothing must arrive to conclude that no further event is coming.
+const QUIET: Duration = Duration::from_millis(1500);
+
+fn build(provider: &FileProvider, kwargs: Value) -> Box<dyn EventTrigger> {
+    provider.validate(&kwargs).expect("valid kwargs");
+    provider.build(&kwargs).expect("build")
+}
+
+fn start(provider: &FileProvider, kwargs: Value) -> TestRun {
+    TestRun::start(build(provider, kwargs), HashMap::new(), 64)
+}
+
+fn s(path: &Path) -> String {
+    path.to_str().expect("utf-8 temp path").to_owned()
+}
+
+fn path_of(event: &Event) -> String {
+    event.payload["path"]
+        .as_str()
+        .expect("payload.path is a string")
+        .to_owned()
+}
+
+fn kind_of(event: &Event) -> String {
+    event.payload["event"]
+        .as_str()
+        .expect("payload.event is a string")
+        .to_owned()
+}
+
+fn paths(events: &[Event]) -> Vec<String> {
+    events.iter().map(path_of).collect()
+}
+
+fn set(paths: &[PathBuf]) -> HashSet<String> {
+    paths.iter().map(|p| s(p)).collect()
+}
+
+/// Commits exactly `n` events, failing the test if one does not come in time.
+async fn take(run: &mut TestRun, n: usize) -> Vec<Event> {
+    let mut events = Vec::with_capacity(n);
+    while events.len() < n {
+        match run.commit_next(WAIT).await {
+            Some(event) => events.push(event),
+            None => panic!(
+                "expected {n} events, got {}: {:?}",
+                events.len(),
+                paths(&events)
+            ),
+        }
+    }
+    events
+}
+
+/// Commits events until none arrives for a while; they are unexpected.
+async fn assert_quiet(run: &mut TestRun) {
+    let mut extra = Vec::new();
+    while let Some(event) = run.commit_next(QUIET).await {
+        extra.push(event);
+    }
+    assert!(
+        extra.is_empty(),
+        "unexpected events: {:?}",
+        extra.iter().map(|e| &e.payload).collect::<Vec<_>>()
+    );
+}
+
+/// Writes a probe file and waits for its event: the trigger is then subscribed and past its
+/// start-up scan. Returns the events committed meanwhile, probe last.
+async fn ready(run: &mut TestRun, probe: &Path) -> Vec<Event> {
+    fs::write(probe, b"probe").expect("write probe");
+    let want = s(probe);
+    let mut events = Vec::new();
+    loop {
+        let event = run
+            .commit_next(WAIT)
+            .await
+            .unwrap_or_else(|| panic!("no event for probe {want}; got {:?}", paths(&events)));
+        let done = path_of(&event) == want;
+        events.push(event);
+        if done {
+            return events;
+        }
+    }
+}
+
+fn write_files(dir: &Path, names: &[&str]) -> Vec<PathBuf> {
+    names
+        .iter()
+        .map(|name| {
+            let path = dir.join(name);
+            if let Some(parent) = path.parent() {
+                fs::create_dir_all(parent).expect("mkdir");
+            }
+            fs::write(&path, format!("content of {name}")).expect("write file");
+            path
+        })
+        .collect()
+}
+
+async fn wait_for_watch_count(provider: &FileProvider, want: usize) {
+    tokio::time::timeout(WAIT, provider.hub.settled())
+        .await
+        .expect("stopped triggers release their watches");
+    assert_eq!(provider.hub.os_watch_count(), want, "OS watches");
+}
+
+// ---------------------------------------------------------------- kwargs
+
+fn kwargs_error(kwargs: Value) -> triggerer_sdk::KwargsError {
+    let provider = FileProvider::new();
+    let err = provider
+        .validate(&kwargs)
+        .expect_err(&format!("kwargs {kwargs} must be rejected"));
+    let built = provider.build(&kwargs);
+    assert!(built.is_err(), "build must reject what validate rejects");
+    err
+}
+
+#[test]
+fn names_and_classpaths() {
+    let provider = FileProvider::new();
+    assert_eq!(provider.name(), "file");
+    assert_eq!(
+        provider.classpaths(),
+        &[
+            "file.FileTrigger",
+            "airflow.providers.standard.triggers.file.FileTrigger",
+            "airflow.triggers.file.FileTrigger",
+        ]
+    );
+    assert_eq!(provider.classpaths(), CLASSPATHS);
+}
+
+#[test]
+fn kwargs_accepted() {
+    let provider = FileProvider::new();
+    for kwargs in [
+        json!({"filepath": "/data/in"}),
+        json!({"filepath": "relative/dir"}),
+        json!({"filepath": "/data/in/*.csv"}),
+        json!({"filepath": "/data/**/*.json", "recursive": true}),
+        json!({"filepath": "/data/in", "include_modified": true, "poke_interval": 5}),
+        json!({"filepath": "/data/in", "poke_interval": 0.5}),
+        json!({"filepath": "/data/in", "recursive": null, "poke_interval": null}),
+    ] {
+        provider
+            .validate(&kwargs)
+            .unwrap_or_else(|e| panic!("{kwargs} rejected: {e}"));
+        provider.build(&kwargs).expect("build");
+    }
+    let config = FileTriggerConfig::from_kwargs(&json!({
+        "filepath": "/x", "recursive": true, "include_modified": true, "poke_interval": 2.5
+    }))
+    .expect("valid");
+    assert_eq!(
+        config,
+        FileTriggerConfig {
+            filepath: "/x".into(),
+            recursive: true,
+            include_modified: true,
+            poke_interval: Some(Duration::from_millis(2500)),
+        }
+    );
+    let defaults = FileTriggerConfig::from_kwargs(&json!({"filepath": "/x"})).expect("valid");
+    assert!(!defaults.recursive && !defaults.include_modified);
+    assert_eq!(defaults.poke_interval, None);
+}
+
+#[test]
+fn kwargs_rejected_with_the_field_named() {
+    let cases = [
+        (json!({}), "filepath"),
+        (json!({"filepath": null}), "filepath"),
+        (json!({"filepath": ""}), "filepath"),
+        (json!({"filepath": 3}), "filepath"),
+        (json!({"filepath": ["/a"]}), "filepath"),
+        (json!({"filepath": "/data/[abc"}), "filepath"),
+        (json!({"filepath": "/data/a**b/*.csv"}), "filepath"),
+        (
+            json!({"filepath": "/data", "recursive": "yes"}),
+            "recursive",
+        ),
+        (
+            json!({"filepath": "/data", "include_modified": 1}),
+            "include_modified",
+        ),
+        (
+            json!({"filepath": "/data", "poke_interval": "5"}),
+            "poke_interval",
+        ),
+        (
+            json!({"filepath": "/data", "poke_interval": 0}),
+            "poke_interval",
+        ),
+        (
+            json!({"filepath": "/data", "poke_interval": -1.5}),
+            "poke_interval",
+        ),
+        (
+            json!({"filepath": "/data", "poke_interval": 1e300}),
+            "poke_interval",
+        ),
+        (json!({"filepath": "/data", "path": "/x"}), "path"),
+        (json!({"filepath": "/data", "recursiv": true}), "recursiv"),
+    ];
+    for (kwargs, field) in cases {
+        let err = kwargs_error(kwargs.clone());
+        assert_eq!(err.field, field, "{kwargs}: {err}");
+        assert!(err.to_string().contains(field), "{kwargs}: {err}");
+    }
+    let err = kwargs_error(json!({"filepath": "/data", "recursive": "yes"}));
+    assert!(err.message.contains("boolean"), "{err}");
+    let err = kwargs_error(json!({"filepath": 3}));
+    assert!(err.message.contains("string"), "{err}");
+    let err = kwargs_error(json!("/data"));
+    assert!(err.message.contains("object"), "{err}");
+}
+
+// ---------------------------------------------------------------- emission
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_new_file_is_emitted_once_with_its_payload() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let provider = FileProvider::new();
+    let mut run = start(&provider, json!({"filepath": s(dir.path())}));
+    ready(&mut run, &dir.path().join("probe")).await;
+
+    let names: Vec<String> = (0..200).map(|i| format!("file-{i:03}.dat")).collect();
+    let name_refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let written = write_files(dir.path(), &name_refs);
+    let events = take(&mut run, 200).await;
+    assert_quiet(&mut run).await;
+
+    let keys: HashSet<&str> = events.iter().map(|e| e.dedup_key.as_str()).collect();
+    assert_eq!(keys.len(), 200, "dedup keys must be distinct");
+    assert_eq!(
+        events.iter().map(path_of).collect::<HashSet<_>>(),
+        set(&written)
+    );
+    for event in &events {
+        let path = path_of(event);
+        let meta = fs::metadata(&path).expect("stat");
+        let mtime_ns = i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec());
+        assert_eq!(kind_of(event), "created", "{}", event.payload);
+        assert_eq!(event.payload["size"], json!(meta.len()));
+        let name = Path::new(&path)
+            .file_name()
+            .and_then(|n| n.to_str())
+            .expect("name");
+        assert_eq!(meta.len() as usize, format!("content of {name}").len());
+        let mtime = event.payload["mtime"].as_str().expect("mtime string");
+        let parsed = chrono::DateTime::parse_from_rfc3339(mtime).expect("RFC 3339 mtime");
+        assert_eq!(parsed.offset().local_minus_utc(), 0, "{mtime} is not UTC");
+        let parsed_ns = i128::from(parsed.timestamp()) * 1_000_000_000
+            + i128::from(parsed.timestamp_subsec_nanos());
+        assert_eq!(parsed_ns, mtime_ns, "{mtime}");
+        // The birth time, where the filesystem keeps one, ends the identity.
+        let birth = meta
+            .created()
+            .ok()
+            .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+            .map(|d| format!(":{}", d.as_nanos()))
+            .unwrap_or_default();
+        assert_eq!(
+            event.dedup_key,
+            format!("file:{path}:{}:{mtime_ns}{birth}", meta.ino())
+        );
+        let checkpoint = event.checkpoint.as_ref().expect("checkpoint");
+        assert_eq!(checkpoint.key, path);
+        assert_eq!(
+            checkpoint.value,
+            format!("{}:{mtime_ns}{birth}", meta.ino())
+        );
+    }
+    run.stop().await.expect("clean stop");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn glob_emits_only_matching_files() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    fs::create_dir(dir.path().join("sub")).expect("mkdir");
+    let provider = FileProvider::new();
+    let pattern = format!("{}/*.csv", s(dir.path()));
+    let mut run = start(&provider, json!({"filepath": pattern}));
+    ready(&mut run, &dir.path().join("probe.csv")).await;
+
+    // Non-matching first: had any been emitted, it would come before the matching ones.
+    write_files(
+        dir.path(),
+        &["notes.txt", "sub/deep.csv", ".hidden.csv", "csv"],
+    );
+    let matching = write_files(dir.path(), &["a.csv", "b.csv"]);
+    let events = take(&mut run, 2).await;
+    assert_eq!(
+        paths(&events).into_iter().collect::<HashSet<_>>(),
+        set(&matching)
+    );
+    assert_quiet(&mut run).await;
+    run.stop().await.expect("clean stop");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn double_star_glob_watches_subdirectories() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    fs::create_dir_all(dir.path().join("a/b")).expect("mkdir");
+    let provider = FileProvider::new();
+    let pattern = format!("{}/**/*.json", s(dir.path()));
+    let mut run = start(&provider, json!({"filepath": pattern}));
+    ready(&mut run, &dir.path().join("probe.json")).await;
+
+    write_files(dir.path(), &["a/skip.txt", "a/b/skip.csv"]);
+    let matching = write_files(
+        dir.path(),
+        &[
+            "top.json",
+            "a/one.json",
+            "a/b/two.json",
+            "new/dir/three.json",
+        ],
+    );
+    let events = take(&mut run, 4).await;
+    assert_eq!(
+        paths(&events).into_iter().collect::<HashSet<_>>(),
+        set(&matching)
+    );
+    assert_quiet(&mut run).await;
+    run.stop().await.expect("clean stop");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn non_recursive_ignores_subdirectories() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    fs::create_dir(dir.path().join("sub")).expect("mkdir");
+    let provider = FileProvider::new();
+    let mut run = start(&provider, json!({"filepath": s(dir.path())}));
+    ready(&mut run, &dir.path().join("probe")).await;
+
+    write_files(dir.path(), &["sub/inner.txt", "fresh/inner.txt"]);
+    let top = write_files(dir.path(), &["top.txt"]);
+    let events = take(&mut run, 1).await;
+    assert_eq!(
+        paths(&events).into_iter().collect::<HashSet<_>>(),
+        set(&top)
+    );
+    assert_quiet(&mut run).await;
+    run.stop().await.expect("clean stop");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn recursive_includes_subdirectories_even_new_ones() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let existing = write_files(dir.path(), &["old/before.txt"]);
+    let provider = FileProvider::new();
+    let mut run = start(
+        &provider,
+        json!({"filepath": s(dir.path()), "recursive": true}),
+    );
+    let first = take(&mut run, 1).await.remove(0);
+    assert_eq!(path_of(&first), s(&existing[0]));
+    assert_eq!(kind_of(&first), "existing");
+    ready(&mut run, &dir.path().join("probe")).await;
+
+    let created = write_files(
+        dir.path(),
+        &["top.txt", "old/inner.txt", "new/a.txt", "new/deeper/b.txt"],
+    );
+    let events = take(&mut run, 4).await;
+    assert_eq!(
+        paths(&events).into_iter().collect::<HashSet<_>>(),
+        set(&created)
+    );
+    assert_quiet(&mut run).await;
+    run.stop().await.expect("clean stop");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn renamed_in_and_hard_linked_files_are_emitted() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let outside = tempfile::tempdir().expect("tempdir");
+    let provider = FileProvider::new();
+    let mut run = start(&provider, json!({"filepath": s(dir.path())}));
+    ready(&mut run, &dir.path().join("probe")).await;
+
+    let staged = write_files(outside.path(), &["moved.txt", "linked.txt"]);
+    fs::rename(&staged[0], dir.path().join("moved.txt")).expect("rename");
+    // A hard link produces a create but no close-after-write: the quiet-period fallback.
+    fs::hard_link(&staged[1], dir.path().join("linked.txt")).expect("link");
+    let events = take(&mut run, 2).await;
+    assert_eq!(
+        paths(&events).into_iter().collect::<HashSet<_>>(),
+        set(&[dir.path().join("moved.txt"), dir.path().join("linked.txt")])
+    );
+    assert!(events.iter().all(|e| kind_of(e) == "created"));
+    assert_quiet(&mut run).await;
+    run.stop().await.expect("clean stop");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_file_recreated_at_the_same_path_is_new() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let provider = FileProvider::new();
+    let mut run = start(&provider, json!({"filepath": s(dir.path())}));
+    ready(&mut run, &dir.path().join("probe")).await;
+
+    let path = write_files(dir.path(), &["again.txt"]).remove(0);
+    let first = take(&mut run, 1).await.remove(0);
+    fs::remove_file(&path).expect("remove");
+    // The filesystem may hand the freed inode to the new file.
+    fs::write(&path, b"second version, longer").expect("rewrite");
+    let second = take(&mut run, 1).await.remove(0);
+    assert_eq!(path_of(&second), s(&path));
+    assert_eq!(kind_of(&second), "created");
+    assert_ne!(first.dedup_key, second.dedup_key);
+    assert_quiet(&mut run).await;
+    run.stop().await.expect("clean stop");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_overflowing_queue_loses_no_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Two queued changes at most: almost everything below goes through overflow rescans.
+    let provider = FileProvider::with_channel_capacity(2);
+    let mut run = start(&provider, json!({"filepath": s(dir.path())}));
+    ready(&mut run, &dir.path().join("probe")).await;
+
+    let names: Vec<String> = (0..300).map(|i| format!("burst-{i:03}")).collect();
+    let name_refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let written = write_files(dir.path(), &name_refs);
+    let events = take(&mut run, 300).await;
+    assert_eq!(
+        paths(&events).into_iter().collect::<HashSet<_>>(),
+        set(&written)
+    );
+    let keys: HashSet<&str> = events.iter().map(|e| e.dedup_key.as_str()).collect();
+    assert_eq!(keys.len(), 300);
+    assert_quiet(&mut run).await;
+    run.stop().await.expect("clean stop");
+}
+
+// ---------------------------------------------------------------- restart
+
+#[tokio::test(flavor = "multi_thread")]
+async fn restart_emits_exactly_the_files_that_appeared_while_down() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let before = write_files(dir.path(), &["before-1", "before-2", "before-3"]);
+    let provider = FileProvider::new();
+    let kwargs = json!({"filepath": s(dir.path())});
+
+    let mut run = start(&provider, kwargs.clone());
+    let first = take(&mut run, 3).await;
+    assert_eq!(
+        paths(&first).into_iter().collect::<HashSet<_>>(),
+        set(&before)
+    );
+    assert!(first.iter().all(|e| kind_of(e) == "existing"), "{first:?}");
+    let live = write_files(dir.path(), &["live-1", "live-2"]);
+    let second = take(&mut run, 2).await;
+    assert_eq!(
+        paths(&second).into_iter().collect::<HashSet<_>>(),
+        set(&live)
+    );
+    assert_quiet(&mut run).await;
+    let checkpoint = run.checkpoint.clone();
+    assert_eq!(checkpoint.len(), 5);
+    run.stop().await.expect("clean stop");
+
+    let down = write_files(dir.path(), &["down-1", "down-2", "down-3"]);
+    // Rewritten in place while down (same inode): a modification, not a new file.
+    fs::write(&before[0], b"rewritten while down").expect("rewrite");
+
+    let mut run = TestRun::start(build(&provider, kwargs.clone()), checkpoint, 64);
+    let third = take(&mut run, 3).await;
+    assert_eq!(
+        paths(&third).into_iter().collect::<HashSet<_>>(),
+        set(&down)
+    );
+    assert!(third.iter().all(|e| kind_of(e) == "existing"), "{third:?}");
+    assert_quiet(&mut run).await;
+    let checkpoint = run.checkpoint.clone();
+    run.stop().await.expect("clean stop");
+
+    // Nothing changed: nothing to emit.
+    let mut run = TestRun::start(build(&provider, kwargs), checkpoint, 64);
+    assert_quiet(&mut run).await;
+    run.stop().await.expect("clean stop");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_file_replaced_while_down_under_a_reused_inode_is_new() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = write_files(dir.path(), &["daily.csv"]).remove(0);
+    let provider = FileProvider::new();
+    let kwargs = json!({"filepath": s(dir.path())});
+    let mut run = start(&provider, kwargs.clone());
+    take(&mut run, 1).await;
+    let mut checkpoint = run.checkpoint.clone();
+    run.stop().await.expect("clean stop");
+    let key = s(&file);
+    let committed = checkpoint[&key].clone();
+    let parts: Vec<&str> = committed.split(':').collect();
+    if parts.len() < 3 {
+        return; // this filesystem keeps no birth time; the create-event path covers it live
+    }
+    // The committed identity is that of an earlier file: same inode number (the filesystem
+    // reused it), another birth time and mtime. The file now at the path is a new one.
+    let birth: i128 = parts[2].parse().expect("birth");
+    let mtime: i128 = parts[1].parse().expect("mtime");
+    checkpoint.insert(
+        key,
+        format!(
+            "{}:{}:{}",
+            parts[0],
+            mtime - 1_000_000_000,
+            birth - 1_000_000_000
+        ),
+    );
+    let mut run = TestRun::start(build(&provider, kwargs), checkpoint, 64);
+    let events = take(&mut run, 1).await;
+    assert_eq!(kind_of(&events[0]), "existing");
+    assert_quiet(&mut run).await;
+    run.stop().await.expect("clean stop");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_file_whose_mtime_is_reset_after_writing_is_emitted_once() {
+    // `tar x`/`unzip` into a new subdirectory: each file is written, closed, then given its
+    // original mtime; the new directory's rescan must not report it a second time.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let provider = FileProvider::new();
+    let mut run = start(
+        &provider,
+        json!({"filepath": s(dir.path()), "recursive": true}),
+    );
+    ready(&mut run, &dir.path().join("probe")).await;
+    let sub = dir.path().join("unpacked");
+    fs::create_dir(&sub).expect("mkdir");
+    let file = sub.join("data.csv");
+    fs::write(&file, b"a,b\n").expect("write");
+    // Reported on close; the tool resets the mtime before the new directory's follow-up scan.
+    let events = take(&mut run, 1).await;
+    assert_eq!(path_of(&events[0]), s(&file));
+    let old = SystemTime::UNIX_EPOCH + Duration::from_secs(1_600_000_000);
+    fs::File::options()
+        .write(true)
+        .open(&file)
+        .and_then(|f| f.set_modified(old))
+        .expect("set mtime");
+    assert_quiet(&mut run).await;
+    run.stop().await.expect("clean stop");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn refused_delivery_fails_the_run_and_restart_emits_it_again() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let provider = FileProvider::new();
+    let kwargs = json!({"filepath": s(dir.path())});
+    let mut run = start(&provider, kwargs.clone());
+    ready(&mut run, &dir.path().join("probe")).await;
+    let checkpoint = run.checkpoint.clone();
+
+    let path = write_files(dir.path(), &["refused.txt"]).remove(0);
+    let refused = run
+        .refuse_next(WAIT, NotCommitted::Fenced)
+        .await
+        .expect("an event to refuse");
+    assert_eq!(path_of(&refused), s(&path));
+    let ended = run
+        .finished(WAIT)
+        .await
+        .expect("run must end after a refusal");
+    let err = ended.expect_err("run must fail after a refusal");
+    assert!(err.to_string().contains("no longer assigned"), "{err}");
+
+    let mut run = TestRun::start(build(&provider, kwargs), checkpoint, 64);
+    let again = take(&mut run, 1).await.remove(0);
+    assert_eq!(again.dedup_key, refused.dedup_key);
+    assert_quiet(&mut run).await;
+    run.stop().await.expect("clean stop");
+}
+
+// ---------------------------------------------------------------- sharing
+
+#[tokio::test(flavor = "multi_thread")]
+async fn triggers_on_one_directory_share_the_watch() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let provider = FileProvider::new();
+    let kwargs = json!({"filepath": s(dir.path())});
+    let mut a = start(&provider, kwargs.clone());
+    let mut b = start(&provider, kwargs);
+    // One probe, so that each trigger has exactly one event before the real ones.
+    ready(&mut a, &dir.path().join("probe")).await;
+    let probe = take(&mut b, 1).await.remove(0);
+    assert_eq!(path_of(&probe), s(&dir.path().join("probe")));
+    assert_eq!(provider.hub.os_watch_count(), 1);
+
+    let names: Vec<String> = (0..20).map(|i| format!("shared-{i}")).collect();
+    let name_refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let written = set(&write_files(dir.path(), &name_refs));
+    let got_a: HashSet<String> = paths(&take(&mut a, 20).await).into_iter().collect();
+    let got_b: HashSet<String> = paths(&take(&mut b, 20).await).into_iter().collect();
+    assert_eq!(got_a, written);
+    assert_eq!(got_b, written);
+    assert_quiet(&mut a).await;
+    assert_quiet(&mut b).await;
+
+    a.stop().await.expect("clean stop");
+    assert_eq!(provider.hub.subscriber_count(), 1);
+    // The remaining trigger keeps the shared watch.
+    wait_for_watch_count(&provider, 1).await;
+    let later = write_files(dir.path(), &["after-a-stopped-1", "after-a-stopped-2"]);
+    let got_b: HashSet<String> = paths(&take(&mut b, 2).await).into_iter().collect();
+    assert_eq!(got_b, set(&later));
+    assert_quiet(&mut b).await;
+
+    b.stop().await.expect("clean stop");
+    assert_eq!(provider.hub.subscriber_count(), 0);
+    wait_for_watch_count(&provider, 0).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn nested_trigger_keeps_working_when_the_covering_one_stops() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sub = dir.path().join("sub");
+    fs::create_dir(&sub).expect("mkdir");
+    let provider = FileProvider::new();
+    let mut outer = start(
+        &provider,
+        json!({"filepath": s(dir.path()), "recursive": true}),
+    );
+    ready(&mut outer, &dir.path().join("probe-outer")).await;
+    let mut inner = start(&provider, json!({"filepath": s(&sub)}));
+    ready(&mut inner, &sub.join("probe-inner")).await;
+    take(&mut outer, 1).await; // the inner probe
+                               // The recursive watch of the outer directory covers the inner one.
+    assert_eq!(provider.hub.os_watch_count(), 1);
+
+    outer.stop().await.expect("clean stop");
+    wait_for_watch_count(&provider, 1).await;
+    let later = write_files(&sub, &["after-outer-stopped"]);
+    let got = take(&mut inner, 1).await;
+    assert_eq!(paths(&got).into_iter().collect::<HashSet<_>>(), set(&later));
+    assert_quiet(&mut inner).await;
+    inner.stop().await.expect("clean stop");
+    wait_for_watch_count(&provider, 0).await;
+}
+
+// ---------------------------------------------------------------- modifications
+
+/// Appends to `path` and gives it an mtime clearly different from the current one, so that the
+/// test does not depend on the filesystem's timestamp granularity.
+fn modify(path: &Path) {
+    use std::io::Write;
+    let mut file = fs::OpenOptions::new()
+        .append(true)
+        .open(path)
+        .expect("open for append");
+    file.write_all(b" and more").expect("append");
+    file.set_modified(SystemTime::now() + Duration::from_secs(60))
+        .expect("set mtime");
+    // Dropping the handle closes it: the close-after-write the trigger reacts to.
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn include_modified_emits_rewrites() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let provider = FileProvider::new();
+    let mut run = start(
+        &provider,
+        json!({"filepath": s(dir.path()), "include_modified": true}),
+    );
+    ready(&mut run, &dir.path().join("probe")).await;
+
+    let path = write_files(dir.path(), &["data.txt"]).remove(0);
+    let created = take(&mut run, 1).await.remove(0);
+    assert_eq!(kind_of(&created), "created");
+    modify(&path);
+    let modified = take(&mut run, 1).await.remove(0);
+    assert_eq!(path_of(&modified), s(&path));
+    assert_eq!(kind_of(&modified), "modified");
+    assert_ne!(modified.dedup_key, created.dedup_key);
+    assert_eq!(
+        modified.payload["size"],
+        json!(fs::metadata(&path).expect("stat").len())
+    );
+    assert_quiet(&mut run).await;
+    run.stop().await.expect("clean stop");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_include_modified_rewrites_are_ignored() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let provider = FileProvider::new();
+    let mut run = start(&provider, json!({"filepath": s(dir.path())}));
+    ready(&mut run, &dir.path().join("probe")).await;
+
+    let path = write_files(dir.path(), &["data.txt"]).remove(0);
+    take(&mut run, 1).await;
+    modify(&path);
+    // Events are handled in order: a modification event would come before the sentinel's.
+    let sentinel = write_files(dir.path(), &["sentinel.txt"]).remove(0);
+    let next = take(&mut run, 1).await.remove(0);
+    assert_eq!(path_of(&next), s(&sentinel));
+    assert_quiet(&mut run).await;
+    run.stop().await.expect("clean stop");
+}
+
+// ---------------------------------------------------------------- errors
+
+#[tokio::test(flavor = "multi_thread")]
+async fn missing_directory_fails_naming_the_path() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let missing = dir.path().join("does-not-exist");
+    let provider = FileProvider::new();
+    for kwargs in [
+        json!({"filepath": s(&missing)}),
+        json!({"filepath": format!("{}/*.csv", s(&missing))}),
+    ] {
+        let run = start(&provider, kwargs.clone());
+        let ended = run.finished(WAIT).await.expect("run must end");
+        let err = ended.expect_err("a missing directory is an error");
+        assert!(
+            err.to_string().contains(&s(&missing)),
+            "{kwargs}: error does not name the path: {err}"
+        );
+    }
+    assert_eq!(provider.hub.os_watch_count(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn deleting_the_watched_directory_fails_the_run() {
+    let parent = tempfile::tempdir().expect("tempdir");
+    let dir = parent.path().join("watched");
+    fs::create_dir(&dir).expect("mkdir");
+    let provider = FileProvider::new();
+    let mut run = start(&provider, json!({"filepath": s(&dir)}));
+    ready(&mut run, &dir.join("probe")).await;
+    fs::remove_dir_all(&dir).expect("rm -r");
+    let ended = run.finished(WAIT).await.expect("run must end");
+    let err = ended.expect_err("a deleted directory is an error");
+    assert!(err.to_string().contains(&s(&dir)), "{err}");
+
+    // Once it is back, a restart watches it again.
+    fs::create_dir(&dir).expect("mkdir");
+    let mut run = start(&provider, json!({"filepath": s(&dir)}));
+    ready(&mut run, &dir.join("probe-2")).await;
+    run.stop().await.expect("clean stop");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn periodic_rescan_emits_nothing_twice() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let provider = FileProvider::new();
+    let mut run = start(
+        &provider,
+        json!({"filepath": s(dir.path()), "poke_interval": 0.2}),
+    );
+    ready(&mut run, &dir.path().join("probe")).await;
+    let written = write_files(dir.path(), &["x", "y"]);
+    let events = take(&mut run, 2).await;
+    assert_eq!(
+        paths(&events).into_iter().collect::<HashSet<_>>(),
+        set(&written)
+    );
+    // Several rescans run during the quiet period.
+    assert_quiet(&mut run).await;
+    run.stop().await.expect("clean stop");
+}

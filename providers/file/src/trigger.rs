@@ -1,0 +1,726 @@
+//! One running file trigger: start-up scan, live events, pending-file timers and the pipelined
+//! deliveries.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use chrono::{DateTime, SecondsFormat, Utc};
+use futures::stream::{FuturesUnordered, StreamExt};
+use serde_json::json;
+use tokio::sync::mpsc;
+use tokio::time::{Instant, MissedTickBehavior};
+use tracing::{debug, info, info_span, warn, Instrument};
+use triggerer_sdk::{
+    CancellationToken, Committed, Delivery, Event, EventSink, EventTrigger, NotCommitted,
+    TriggerContext, TriggerError,
+};
+
+use crate::config::{FileTriggerConfig, Target};
+use crate::watch::{ChangeKind, FsChange, Hub, Subscription};
+
+/// Deliveries awaiting their commit before the trigger stops reading new changes.
+const MAX_IN_FLIGHT: usize = 1024;
+/// How long a created file may stay without a close-after-write before it is emitted anyway
+/// (hard links and some tools never close a written descriptor on the new name), and how long a
+/// file's mtime must stay put before a scan treats it as complete.
+const QUIET: Duration = Duration::from_millis(500);
+/// Bound on the wait for in-flight deliveries when cancelled: the core's writer normally answers
+/// within a batch; past this the events are redelivered after the restart anyway.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A file's identity: a new inode, a new birth time or a new mtime is a new occurrence. The
+/// birth time (statx btime, where the filesystem keeps one) tells a new file from an old one
+/// even when the filesystem hands the new file the old one's inode number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Identity {
+    inode: u64,
+    mtime_ns: i128,
+    birth_ns: Option<i128>,
+}
+
+impl Identity {
+    /// `inode:mtime_ns` or `inode:mtime_ns:birth_ns`.
+    fn parse(value: &str) -> Option<Self> {
+        let mut parts = value.split(':');
+        let inode = parts.next()?.parse().ok()?;
+        let mtime_ns = parts.next()?.parse().ok()?;
+        let birth_ns = match parts.next() {
+            Some(b) => Some(b.parse().ok()?),
+            None => None,
+        };
+        if parts.next().is_some() {
+            return None;
+        }
+        Some(Self {
+            inode,
+            mtime_ns,
+            birth_ns,
+        })
+    }
+
+    /// Whether `other`, seen at the same path, is another file rather than this one rewritten.
+    fn is_other_file(&self, other: &Identity) -> bool {
+        self.inode != other.inode
+            || matches!((self.birth_ns, other.birth_ns), (Some(a), Some(b)) if a != b)
+    }
+}
+
+impl std::fmt::Display for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.inode, self.mtime_ns)?;
+        if let Some(birth) = self.birth_ns {
+            write!(f, ":{birth}")?;
+        }
+        Ok(())
+    }
+}
+
+/// A regular file as stat saw it.
+#[derive(Debug, Clone)]
+struct FileInfo {
+    path: PathBuf,
+    identity: Identity,
+    size: u64,
+}
+
+impl FileInfo {
+    fn from_metadata(path: PathBuf, meta: &std::fs::Metadata) -> Self {
+        Self {
+            path,
+            identity: identity_of(meta),
+            size: meta.len(),
+        }
+    }
+}
+
+#[cfg(unix)]
+fn identity_of(meta: &std::fs::Metadata) -> Identity {
+    use std::os::unix::fs::MetadataExt;
+    Identity {
+        inode: meta.ino(),
+        mtime_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
+        birth_ns: birth_ns(meta),
+    }
+}
+
+/// The file's birth time, where the OS and filesystem report one.
+fn birth_ns(meta: &std::fs::Metadata) -> Option<i128> {
+    let created = meta.created().ok()?;
+    let since = created.duration_since(UNIX_EPOCH).ok()?;
+    Some(since.as_nanos() as i128)
+}
+
+#[cfg(not(unix))]
+fn identity_of(meta: &std::fs::Metadata) -> Identity {
+    let mtime_ns = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos() as i128);
+    Identity {
+        inode: 0,
+        mtime_ns,
+        birth_ns: birth_ns(meta),
+    }
+}
+
+fn rfc3339(mtime_ns: i128) -> String {
+    let secs = mtime_ns.div_euclid(1_000_000_000);
+    let nanos = mtime_ns.rem_euclid(1_000_000_000);
+    i64::try_from(secs)
+        .ok()
+        .and_then(|s| DateTime::<Utc>::from_timestamp(s, nanos as u32))
+        .unwrap_or(DateTime::<Utc>::UNIX_EPOCH)
+        .to_rfc3339_opts(SecondsFormat::AutoSi, true)
+}
+
+/// Whether the file was written so recently that a writer may still be at it.
+fn is_recent(identity: Identity) -> bool {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i128);
+    // An mtime in the future (clock skew on a network filesystem) also waits one quiet period.
+    now - identity.mtime_ns < QUIET.as_nanos() as i128
+}
+
+/// Stats `path`, following symlinks. `None` when it vanished in the meantime.
+fn stat(path: &Path) -> Option<std::fs::Metadata> {
+    match std::fs::metadata(path) {
+        Ok(meta) => Some(meta),
+        Err(e) => {
+            debug!(path = %path.display(), error = %e, "file vanished before it could be read");
+            None
+        }
+    }
+}
+
+/// Why a trigger stopped reading.
+enum Halt {
+    Cancelled,
+    Failed(TriggerError),
+}
+
+impl From<TriggerError> for Halt {
+    fn from(e: TriggerError) -> Self {
+        Self::Failed(e)
+    }
+}
+
+fn settle(outcome: Result<Committed, NotCommitted>) -> Result<(), Halt> {
+    // A refusal means the checkpoint in the database is behind ours: stop, and let the restart
+    // reload the committed one so that the refused files are emitted again.
+    outcome
+        .map(|_| ())
+        .map_err(|e| Halt::Failed(TriggerError::from(e)))
+}
+
+/// Submits events without waiting for their commits, up to `MAX_IN_FLIGHT` at a time.
+struct Emitter {
+    sink: EventSink,
+    cancel: CancellationToken,
+    in_flight: FuturesUnordered<Delivery>,
+}
+
+impl Emitter {
+    async fn submit(&mut self, event: Event) -> Result<(), Halt> {
+        while self.in_flight.len() >= MAX_IN_FLIGHT {
+            tokio::select! {
+                biased;
+                _ = self.cancel.cancelled() => return Err(Halt::Cancelled),
+                Some(outcome) = self.in_flight.next() => settle(outcome)?,
+            }
+        }
+        let delivery = tokio::select! {
+            biased;
+            _ = self.cancel.cancelled() => return Err(Halt::Cancelled),
+            submitted = self.sink.submit(event) => submitted.map_err(TriggerError::from)?,
+        };
+        self.in_flight.push(delivery);
+        Ok(())
+    }
+
+    async fn drain(&mut self) {
+        let in_flight = self.in_flight.len();
+        let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
+            while let Some(outcome) = self.in_flight.next().await {
+                if let Err(e) = outcome {
+                    debug!(error = %e, "event not committed while stopping; it is emitted again after the restart");
+                }
+            }
+        })
+        .await;
+        if drained.is_err() {
+            warn!(
+                in_flight,
+                left = self.in_flight.len(),
+                "stopping with deliveries still unanswered"
+            );
+        }
+    }
+}
+
+/// A file seen appearing but not emitted yet.
+#[derive(Debug, Clone, Copy)]
+struct Pending {
+    deadline: Instant,
+    /// mtime when last looked at: the file is emitted once it stops changing.
+    last_mtime_ns: i128,
+    /// A create or rename event was seen in this run: the file is new even if an old one with
+    /// the same inode (inodes get reused) was emitted before.
+    created: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum Timer {
+    File(PathBuf),
+    /// Rescan a directory that appeared: files written into it before notify added its watch
+    /// produce no event.
+    Dir(PathBuf),
+}
+
+/// Per-run state.
+struct Watch {
+    target: Arc<Target>,
+    include_modified: bool,
+    /// path → identity last submitted (committed or in flight).
+    emitted: HashMap<PathBuf, Identity>,
+    pending: HashMap<PathBuf, Pending>,
+    dir_rescans: HashMap<PathBuf, Instant>,
+    /// Deadlines of `pending` and `dir_rescans`; an entry whose deadline no longer matches its
+    /// map is stale and skipped.
+    timers: BinaryHeap<Reverse<(Instant, Timer)>>,
+}
+
+impl Watch {
+    fn new(
+        target: Arc<Target>,
+        include_modified: bool,
+        checkpoint: HashMap<String, String>,
+    ) -> Self {
+        let emitted = checkpoint
+            .into_iter()
+            .filter_map(|(path, value)| match Identity::parse(&value) {
+                Some(identity) => Some((PathBuf::from(path), identity)),
+                None => {
+                    warn!(path, value, "ignoring a malformed checkpoint entry");
+                    None
+                }
+            })
+            .collect();
+        Self {
+            target,
+            include_modified,
+            emitted,
+            pending: HashMap::new(),
+            dir_rescans: HashMap::new(),
+            timers: BinaryHeap::new(),
+        }
+    }
+
+    /// What to emit for a file in state `info`, if anything. `live`: found through an event
+    /// rather than a scan; `created`: its appearance was seen in this run.
+    fn label(&self, info: &FileInfo, created: bool, live: bool) -> Option<&'static str> {
+        let appeared = if live || created {
+            "created"
+        } else {
+            "existing"
+        };
+        match self.emitted.get(&info.path) {
+            // Same identity: same dedup key, the database would keep one anyway.
+            Some(prev) if *prev == info.identity => None,
+            None => Some(appeared),
+            Some(prev) if prev.is_other_file(&info.identity) => Some(appeared),
+            // Without a birth time a reused inode looks like a rewrite: trust a create event.
+            // With one, the identity already told, and a later rescan of the same file (its
+            // mtime set by the tool that wrote it) is a modification, not a second creation.
+            Some(prev)
+                if created && (prev.birth_ns.is_none() || info.identity.birth_ns.is_none()) =>
+            {
+                Some("created")
+            }
+            Some(_) => self.include_modified.then_some("modified"),
+        }
+    }
+
+    async fn emit(
+        &mut self,
+        em: &mut Emitter,
+        info: &FileInfo,
+        label: &'static str,
+    ) -> Result<(), Halt> {
+        let path = info.path.to_string_lossy();
+        let identity = info.identity;
+        let event = Event::new(
+            json!({
+                "path": path,
+                "size": info.size,
+                "mtime": rfc3339(identity.mtime_ns),
+                "event": label,
+            }),
+            format!("file:{path}:{identity}"),
+        )
+        .with_checkpoint(path.clone(), identity.to_string());
+        debug!(path = %path, event = label, %identity, "file event");
+        // Recorded before the commit so that a second event for the same file while this one is
+        // in flight is recognised as a duplicate.
+        self.emitted.insert(info.path.clone(), identity);
+        em.submit(event).await
+    }
+
+    fn schedule_file(&mut self, path: PathBuf, last_mtime_ns: i128, created: bool) {
+        let deadline = Instant::now() + QUIET;
+        self.pending.insert(
+            path.clone(),
+            Pending {
+                deadline,
+                last_mtime_ns,
+                created,
+            },
+        );
+        self.timers.push(Reverse((deadline, Timer::File(path))));
+    }
+
+    fn schedule_dir(&mut self, path: PathBuf) {
+        let deadline = Instant::now() + QUIET;
+        self.dir_rescans.insert(path.clone(), deadline);
+        self.timers.push(Reverse((deadline, Timer::Dir(path))));
+    }
+
+    fn is_current(&self, deadline: Instant, timer: &Timer) -> bool {
+        match timer {
+            Timer::File(path) => self.pending.get(path).map(|p| p.deadline) == Some(deadline),
+            Timer::Dir(path) => self.dir_rescans.get(path) == Some(&deadline),
+        }
+    }
+
+    fn next_deadline(&mut self) -> Option<Instant> {
+        while let Some(Reverse((deadline, timer))) = self.timers.peek() {
+            if self.is_current(*deadline, timer) {
+                return Some(*deadline);
+            }
+            self.timers.pop();
+        }
+        None
+    }
+
+    /// Walks `start` (the root, or a directory that appeared under it) off the async workers.
+    async fn walk(&self, start: PathBuf) -> Result<Vec<FileInfo>, TriggerError> {
+        let target = self.target.clone();
+        tokio::task::spawn_blocking(move || walk(&target, &start))
+            .await
+            .map_err(|e| TriggerError::failed(format!("directory scan task failed: {e}")))?
+    }
+
+    /// Emits the files of `infos` not emitted before. Files written a moment ago wait for a
+    /// quiet period, as a writer may still be at them.
+    async fn absorb(
+        &mut self,
+        em: &mut Emitter,
+        infos: Vec<FileInfo>,
+        created: bool,
+    ) -> Result<(), Halt> {
+        for info in infos {
+            if self.pending.contains_key(&info.path) {
+                continue;
+            }
+            let Some(label) = self.label(&info, created, created) else {
+                continue;
+            };
+            if is_recent(info.identity) {
+                self.schedule_file(info.path, info.identity.mtime_ns, created);
+            } else {
+                self.emit(em, &info, label).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn full_scan(&mut self, em: &mut Emitter) -> Result<(), Halt> {
+        let infos = self.walk(self.target.root.clone()).await?;
+        debug!(root = %self.target.root.display(), files = infos.len(), "scanned");
+        self.absorb(em, infos, false).await
+    }
+
+    /// After lost events the queued ones are stale: a full rescan replaces them. Removals are
+    /// still applied, as a scan cannot see what is gone (and a file recreated at a removed path
+    /// must count as new).
+    async fn rescan_after_overflow(
+        &mut self,
+        rx: &mut mpsc::Receiver<FsChange>,
+        em: &mut Emitter,
+    ) -> Result<(), Halt> {
+        debug!(root = %self.target.root.display(), "events lost; rescanning");
+        while let Ok(change) = rx.try_recv() {
+            if matches!(change.kind, ChangeKind::Gone | ChangeKind::Renamed) {
+                self.on_change(em, change).await?;
+            }
+        }
+        self.full_scan(em).await
+    }
+
+    async fn scan_new_dir(&mut self, em: &mut Emitter, dir: PathBuf) -> Result<(), Halt> {
+        match self.walk(dir).await {
+            Ok(infos) => self.absorb(em, infos, true).await,
+            // Gone again, or unreadable: its own events (or a later rescan) tell the rest.
+            Err(e) => {
+                debug!(error = %e, "cannot scan a new directory");
+                Ok(())
+            }
+        }
+    }
+
+    async fn on_change(&mut self, em: &mut Emitter, change: FsChange) -> Result<(), Halt> {
+        if change.path == self.target.watch_root
+            && matches!(change.kind, ChangeKind::Gone | ChangeKind::Renamed)
+        {
+            // Its OS watch went with it: a restart re-creates the watch (or reports that the
+            // directory is missing) and rescans.
+            return Err(Halt::Failed(TriggerError::failed(format!(
+                "watched directory {} was removed or moved away",
+                self.target.root.display()
+            ))));
+        }
+        let Some(path) = self.target.to_user_path(&change.path) else {
+            return Ok(());
+        };
+        let kind = match change.kind {
+            ChangeKind::Renamed if path.exists() => ChangeKind::MovedIn,
+            ChangeKind::Renamed => ChangeKind::Gone,
+            kind => kind,
+        };
+        match kind {
+            ChangeKind::Gone => {
+                self.pending.remove(&path);
+                // A file later appearing at this path is new, whatever its inode.
+                self.emitted.remove(&path);
+            }
+            ChangeKind::Created | ChangeKind::MovedIn => {
+                if !self.target.recursive_watch && !self.target.matches(&path) {
+                    return Ok(());
+                }
+                let Some(meta) = stat(&path) else {
+                    self.pending.remove(&path);
+                    return Ok(());
+                };
+                if meta.is_dir() {
+                    self.on_new_dir(em, path).await?;
+                } else if meta.is_file() && self.target.matches(&path) {
+                    let info = FileInfo::from_metadata(path, &meta);
+                    if kind == ChangeKind::Created {
+                        // Not complete yet: wait for the close-after-write (or the quiet timer).
+                        self.schedule_file(info.path, info.identity.mtime_ns, true);
+                    } else {
+                        // A rename is atomic: the file is complete under its new name.
+                        self.pending.remove(&info.path);
+                        if let Some(label) = self.label(&info, true, true) {
+                            self.emit(em, &info, label).await?;
+                        }
+                    }
+                }
+            }
+            ChangeKind::ClosedWrite => {
+                if !self.target.matches(&path) {
+                    return Ok(());
+                }
+                let pending = self.pending.remove(&path);
+                let Some(meta) = stat(&path) else {
+                    return Ok(());
+                };
+                if !meta.is_file() {
+                    return Ok(());
+                }
+                let info = FileInfo::from_metadata(path, &meta);
+                let created = pending.is_some_and(|p| p.created);
+                if let Some(label) = self.label(&info, created, true) {
+                    self.emit(em, &info, label).await?;
+                }
+            }
+            ChangeKind::Renamed => {}
+        }
+        Ok(())
+    }
+
+    async fn on_new_dir(&mut self, em: &mut Emitter, dir: PathBuf) -> Result<(), Halt> {
+        let Some(depth) = self.target.depth_of(&dir) else {
+            return Ok(());
+        };
+        let name = dir.file_name().unwrap_or_default();
+        if depth == 0 || !self.target.descends_into(name, depth) {
+            return Ok(());
+        }
+        // Now for latency, and once more after notify has surely added the new directory's
+        // watch, for files written in between.
+        self.scan_new_dir(em, dir.clone()).await?;
+        self.schedule_dir(dir);
+        Ok(())
+    }
+
+    async fn on_timers(&mut self, em: &mut Emitter) -> Result<(), Halt> {
+        let now = Instant::now();
+        while let Some(Reverse((deadline, _))) = self.timers.peek() {
+            if *deadline > now {
+                break;
+            }
+            let Some(Reverse((deadline, timer))) = self.timers.pop() else {
+                break;
+            };
+            if !self.is_current(deadline, &timer) {
+                continue;
+            }
+            match timer {
+                Timer::Dir(dir) => {
+                    self.dir_rescans.remove(&dir);
+                    self.scan_new_dir(em, dir).await?;
+                }
+                Timer::File(path) => {
+                    let Some(pending) = self.pending.remove(&path) else {
+                        continue;
+                    };
+                    let Some(meta) = stat(&path) else {
+                        continue;
+                    };
+                    if !meta.is_file() {
+                        continue;
+                    }
+                    let info = FileInfo::from_metadata(path, &meta);
+                    if info.identity.mtime_ns != pending.last_mtime_ns {
+                        // Still being written: wait for another quiet period.
+                        self.schedule_file(info.path, info.identity.mtime_ns, pending.created);
+                    } else if let Some(label) = self.label(&info, pending.created, pending.created)
+                    {
+                        self.emit(em, &info, label).await?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn run(
+        &mut self,
+        sub: &mut Subscription,
+        em: &mut Emitter,
+        poke_interval: Option<Duration>,
+    ) -> Result<(), Halt> {
+        let overflow = sub.overflow_signal();
+        // Subscribed before this scan: a file appearing during it is seen by one or the other.
+        self.full_scan(em).await?;
+        let mut ticker = poke_interval.map(|period| {
+            let mut ticker = tokio::time::interval_at(Instant::now() + period, period);
+            ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+            ticker
+        });
+        loop {
+            if overflow.take() {
+                self.rescan_after_overflow(&mut sub.rx, em).await?;
+            }
+            let deadline = self.next_deadline();
+            let can_read = em.in_flight.len() < MAX_IN_FLIGHT;
+            tokio::select! {
+                biased;
+                _ = em.cancel.cancelled() => return Err(Halt::Cancelled),
+                Some(outcome) = em.in_flight.next(), if !em.in_flight.is_empty() => settle(outcome)?,
+                _ = overflow.wait() => self.rescan_after_overflow(&mut sub.rx, em).await?,
+                change = sub.rx.recv(), if can_read => match change {
+                    Some(change) => self.on_change(em, change).await?,
+                    None => return Err(Halt::Failed(TriggerError::failed("file watcher stopped"))),
+                },
+                _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
+                    self.on_timers(em).await?;
+                }
+                _ = async { if let Some(t) = ticker.as_mut() { t.tick().await; } }, if ticker.is_some() => {
+                    self.full_scan(em).await?;
+                }
+            }
+        }
+    }
+}
+
+/// Lists the regular files under `start` that the target matches. Blocking.
+fn walk(target: &Target, start: &Path) -> Result<Vec<FileInfo>, TriggerError> {
+    let Some(start_depth) = target.depth_of(start) else {
+        return Ok(Vec::new());
+    };
+    let mut found = Vec::new();
+    let mut dirs = vec![(start.to_path_buf(), start_depth)];
+    while let Some((dir, depth)) = dirs.pop() {
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if dir == start => {
+                return Err(TriggerError::io(
+                    format!("cannot list {}", dir.display()),
+                    e,
+                ))
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => {
+                // One unreadable subdirectory must not stop the whole trigger.
+                warn!(dir = %dir.display(), error = %e, "skipping unreadable directory");
+                continue;
+            }
+        };
+        for entry in entries {
+            let entry = match entry {
+                Ok(entry) => entry,
+                Err(e) => {
+                    debug!(dir = %dir.display(), error = %e, "directory entry unreadable");
+                    continue;
+                }
+            };
+            let path = entry.path();
+            let Ok(file_type) = entry.file_type() else {
+                continue;
+            };
+            // Symlinked directories are not followed: they could loop.
+            if file_type.is_dir() {
+                if target.descends_into(&entry.file_name(), depth + 1) {
+                    dirs.push((path, depth + 1));
+                }
+                continue;
+            }
+            if !target.matches(&path) {
+                continue;
+            }
+            match std::fs::metadata(&path) {
+                Ok(meta) if meta.is_file() => found.push(FileInfo::from_metadata(path, &meta)),
+                Ok(_) => {}
+                Err(e) => debug!(path = %path.display(), error = %e, "file vanished during scan"),
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// A file trigger, built by [`FileProvider`](crate::FileProvider) from validated kwargs.
+#[derive(Debug)]
+pub struct FileTrigger {
+    hub: Arc<Hub>,
+    config: FileTriggerConfig,
+}
+
+impl FileTrigger {
+    pub(crate) fn new(hub: Arc<Hub>, config: FileTriggerConfig) -> Self {
+        Self { hub, config }
+    }
+
+    /// The kwargs this trigger was built from.
+    pub fn config(&self) -> &FileTriggerConfig {
+        &self.config
+    }
+}
+
+#[async_trait]
+impl EventTrigger for FileTrigger {
+    async fn run(self: Box<Self>, ctx: TriggerContext) -> Result<(), TriggerError> {
+        let FileTrigger { hub, config } = *self;
+        let TriggerContext {
+            trigger_id,
+            sink,
+            checkpoint,
+            cancel,
+        } = ctx;
+
+        let resolve = config.clone();
+        let target = tokio::task::spawn_blocking(move || Target::resolve(&resolve))
+            .await
+            .map_err(|e| TriggerError::failed(format!("filepath resolution task failed: {e}")))??;
+        let target = Arc::new(target);
+
+        let (watch_root, recursive) = (target.watch_root.clone(), target.recursive_watch);
+        let mut subscription =
+            tokio::task::spawn_blocking(move || hub.subscribe(watch_root, recursive))
+                .await
+                .map_err(|e| TriggerError::failed(format!("watch task failed: {e}")))??;
+        info!(
+            trigger_id,
+            root = %target.root.display(),
+            recursive,
+            "watching for files"
+        );
+
+        let mut watch = Watch::new(target, config.include_modified, checkpoint);
+        let mut emitter = Emitter {
+            sink,
+            cancel,
+            in_flight: FuturesUnordered::new(),
+        };
+        let outcome = watch
+            .run(&mut subscription, &mut emitter, config.poke_interval)
+            .instrument(info_span!("file_trigger", trigger_id))
+            .await;
+        // Stop receiving before waiting on the deliveries.
+        drop(subscription);
+        match outcome {
+            Ok(()) | Err(Halt::Cancelled) => {
+                emitter.drain().await;
+                Ok(())
+            }
+            Err(Halt::Failed(e)) => Err(e),
+        }
+    }
+}

@@ -1,0 +1,627 @@
+//! The one OS watcher shared by every file trigger of a provider, and the routing table that
+//! fans its events out to the triggers.
+//!
+//! Two locks, never nested the other way round: `control` (the watcher and the set of OS
+//! watches) is held while calling into notify, whose `watch`/`unwatch` block until notify's
+//! thread answers; `table` (subscribers) is only held briefly and is the only lock the notify
+//! callback takes. So the callback can never wait on a thread that waits on notify.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use notify::event::{AccessKind, AccessMode, ModifyKind, RenameMode};
+use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
+use tokio::sync::{mpsc, Notify};
+use tracing::{debug, warn};
+use triggerer_sdk::TriggerError;
+
+/// Per-subscriber queue length. A trigger that falls this far behind gets a full rescan instead
+/// of more events: the notify thread must never block.
+const CHANNEL_CAPACITY: usize = 4096;
+
+/// What a trigger needs to know about one path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ChangeKind {
+    /// A file or directory appeared (it may still be being written).
+    Created,
+    /// A writer closed the file: its content is complete.
+    ClosedWrite,
+    /// Something was renamed to this path.
+    MovedIn,
+    /// The path was deleted or renamed away.
+    Gone,
+    /// A rename the backend could not orient; the trigger stats the path to decide.
+    Renamed,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct FsChange {
+    pub kind: ChangeKind,
+    pub path: PathBuf,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding one of these locks leaves the maps consistent (every update is a
+    // single insert or remove), so a poisoned lock is still usable.
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// One trigger's registration.
+#[derive(Debug)]
+pub(crate) struct Subscriber {
+    id: u64,
+    root: PathBuf,
+    recursive: bool,
+    tx: mpsc::Sender<FsChange>,
+    overflow: AtomicBool,
+    wake: Notify,
+}
+
+impl Subscriber {
+    fn forward(&self, change: FsChange) {
+        match self.tx.try_send(change) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => self.mark_overflow(),
+            // The trigger is ending; its Drop guard is about to unregister it.
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        }
+    }
+
+    fn mark_overflow(&self) {
+        self.overflow.store(true, Ordering::SeqCst);
+        self.wake.notify_one();
+    }
+}
+
+#[derive(Debug, Default)]
+struct Table {
+    roots: HashMap<PathBuf, Vec<Arc<Subscriber>>>,
+    /// Roots that were deleted or renamed away: notify may have dropped (or kept on the moved
+    /// inode) their OS watch, so the next reconcile must re-create it.
+    lost: HashSet<PathBuf>,
+    next_id: u64,
+}
+
+impl Table {
+    /// The OS watches the current subscribers need: one per root, recursive if any of its
+    /// subscribers is, none for a root already inside a recursive one. Overlapping watches
+    /// would share notify's per-path entries and break each other on removal.
+    fn desired(&self) -> HashMap<PathBuf, bool> {
+        let mut modes: HashMap<PathBuf, bool> = self
+            .roots
+            .iter()
+            .filter(|(_, subs)| !subs.is_empty())
+            .map(|(root, subs)| (root.clone(), subs.iter().any(|s| s.recursive)))
+            .collect();
+        let recursive: Vec<PathBuf> = modes
+            .iter()
+            .filter(|(_, rec)| **rec)
+            .map(|(p, _)| p.clone())
+            .collect();
+        modes.retain(|path, _| !recursive.iter().any(|r| r != path && path.starts_with(r)));
+        modes
+    }
+
+    fn overflow_under(&self, paths: &[PathBuf]) {
+        for (root, subs) in &self.roots {
+            if paths.iter().any(|p| root.starts_with(p)) {
+                subs.iter().for_each(|s| s.mark_overflow());
+            }
+        }
+    }
+}
+
+/// The routing half, shared with notify's callback.
+#[derive(Debug, Default)]
+struct Router {
+    table: Mutex<Table>,
+}
+
+impl Router {
+    fn handle(&self, result: notify::Result<notify::Event>) {
+        let event = match result {
+            Ok(event) => event,
+            Err(error) => {
+                // Lost watches or a failed read: nobody can tell which files were missed.
+                warn!(%error, "file watcher error; rescanning every watched directory");
+                self.overflow_all();
+                return;
+            }
+        };
+        if event.need_rescan() {
+            debug!("file watcher queue overflowed; rescanning every watched directory");
+            self.overflow_all();
+        }
+        let changes = classify(&event);
+        if changes.is_empty() {
+            return;
+        }
+        let mut table = lock(&self.table);
+        for change in changes {
+            if matches!(change.kind, ChangeKind::Gone | ChangeKind::Renamed)
+                && table.roots.contains_key(&change.path)
+            {
+                table.lost.insert(change.path.clone());
+            }
+            for (depth, ancestor) in change.path.ancestors().enumerate() {
+                if let Some(subs) = table.roots.get(ancestor) {
+                    for sub in subs.iter().filter(|s| depth <= 1 || s.recursive) {
+                        sub.forward(change.clone());
+                    }
+                }
+            }
+        }
+    }
+
+    fn overflow_all(&self) {
+        let table = lock(&self.table);
+        table
+            .roots
+            .values()
+            .flatten()
+            .for_each(|s| s.mark_overflow());
+    }
+}
+
+/// Keeps only what a file trigger acts on; opens, reads, attribute changes and partial writes
+/// are dropped here so that they do not fill the queues.
+fn classify(event: &notify::Event) -> Vec<FsChange> {
+    let kind = match event.kind {
+        EventKind::Create(_) => ChangeKind::Created,
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => ChangeKind::ClosedWrite,
+        EventKind::Modify(ModifyKind::Name(RenameMode::To)) => ChangeKind::MovedIn,
+        EventKind::Modify(ModifyKind::Name(RenameMode::From)) => ChangeKind::Gone,
+        EventKind::Modify(ModifyKind::Name(RenameMode::Both)) => {
+            // paths = [from, to]
+            let mut changes = Vec::with_capacity(2);
+            if let Some(from) = event.paths.first() {
+                changes.push(FsChange {
+                    kind: ChangeKind::Gone,
+                    path: from.clone(),
+                });
+            }
+            if let Some(to) = event.paths.get(1) {
+                changes.push(FsChange {
+                    kind: ChangeKind::MovedIn,
+                    path: to.clone(),
+                });
+            }
+            return changes;
+        }
+        EventKind::Modify(ModifyKind::Name(_)) => ChangeKind::Renamed,
+        EventKind::Remove(_) => ChangeKind::Gone,
+        _ => return Vec::new(),
+    };
+    event
+        .paths
+        .iter()
+        .map(|path| FsChange {
+            kind,
+            path: path.clone(),
+        })
+        .collect()
+}
+
+#[derive(Default)]
+struct Control {
+    watcher: Option<RecommendedWatcher>,
+    /// OS watches in place: path → recursive.
+    watches: HashMap<PathBuf, bool>,
+}
+
+impl Control {
+    fn covers(&self, root: &Path, recursive: bool) -> bool {
+        self.watches.get(root).is_some_and(|rec| *rec || !recursive)
+            || root
+                .ancestors()
+                .skip(1)
+                .any(|a| self.watches.get(a) == Some(&true))
+    }
+}
+
+/// The provider-wide watcher. Created empty; the OS watcher starts with the first subscriber.
+pub(crate) struct Hub {
+    control: Mutex<Control>,
+    router: Arc<Router>,
+    channel_capacity: usize,
+    /// Stopped subscriptions whose OS watches are still being released.
+    releasing: AtomicUsize,
+}
+
+impl Default for Hub {
+    fn default() -> Self {
+        Self::with_channel_capacity(CHANNEL_CAPACITY)
+    }
+}
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub")
+            .field("os_watches", &lock(&self.control).watches)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Hub {
+    pub fn with_channel_capacity(channel_capacity: usize) -> Self {
+        Self {
+            control: Mutex::default(),
+            router: Arc::default(),
+            channel_capacity: channel_capacity.max(1),
+            releasing: AtomicUsize::new(0),
+        }
+    }
+
+    /// Registers a trigger for changes under `root` (canonical) and makes sure an OS watch covers
+    /// it. Blocking: call it from `spawn_blocking`.
+    pub fn subscribe(
+        self: &Arc<Self>,
+        root: PathBuf,
+        recursive: bool,
+    ) -> Result<Subscription, TriggerError> {
+        let (tx, rx) = mpsc::channel(self.channel_capacity);
+        let sub = {
+            let mut table = lock(&self.router.table);
+            table.next_id += 1;
+            let sub = Arc::new(Subscriber {
+                id: table.next_id,
+                root: root.clone(),
+                recursive,
+                tx,
+                overflow: AtomicBool::new(false),
+                wake: Notify::new(),
+            });
+            table
+                .roots
+                .entry(root.clone())
+                .or_default()
+                .push(sub.clone());
+            sub
+        };
+        // From here on the guard undoes the registration on every exit path.
+        let subscription = Subscription {
+            hub: self.clone(),
+            sub,
+            rx,
+        };
+
+        let mut control = lock(&self.control);
+        let mut errors = self.reconcile(&mut control)?;
+        if control.covers(&root, recursive) {
+            return Ok(subscription);
+        }
+        let reason = root
+            .ancestors()
+            .find_map(|a| errors.remove(a))
+            .map(|e| e.to_string())
+            .unwrap_or_else(|| "no watch in place".to_owned());
+        drop(control);
+        Err(TriggerError::failed(format!(
+            "cannot watch {}: {reason}",
+            root.display()
+        )))
+    }
+
+    /// Stops routing to a subscriber. Fast: only the routing table.
+    fn unroute(&self, root: &Path, id: u64) {
+        let mut table = lock(&self.router.table);
+        if let Some(subs) = table.roots.get_mut(root) {
+            subs.retain(|s| s.id != id);
+            if subs.is_empty() {
+                table.roots.remove(root);
+            }
+        }
+    }
+
+    /// Releases the OS watches no subscriber needs any more. Blocking.
+    fn release(&self) {
+        let mut control = lock(&self.control);
+        if let Err(e) = self.reconcile(&mut control) {
+            warn!(error = %e, "file watcher: cannot update watches after a trigger stopped");
+        }
+    }
+
+    /// Brings the OS watches in line with the table. Returns the watches that could not be
+    /// added; their subscribers are told to rescan, which reports the problem.
+    fn reconcile(
+        &self,
+        control: &mut Control,
+    ) -> Result<HashMap<PathBuf, notify::Error>, TriggerError> {
+        let (desired, lost) = {
+            let mut table = lock(&self.router.table);
+            (table.desired(), std::mem::take(&mut table.lost))
+        };
+        let mut removed = Vec::new();
+        for path in lost {
+            if control.watches.remove(&path).is_some() {
+                if let Some(watcher) = control.watcher.as_mut() {
+                    // notify usually dropped it already; then this only reports "not found".
+                    let _ = watcher.unwatch(&path);
+                }
+                removed.push(path);
+            }
+        }
+        let stale: Vec<PathBuf> = control
+            .watches
+            .iter()
+            .filter(|(path, rec)| desired.get(*path) != Some(*rec))
+            .map(|(path, _)| path.clone())
+            .collect();
+        // Removals before additions: a new recursive watch re-adds the directories a removed
+        // nested watch had, whereas removing afterwards would tear them out of it.
+        for path in stale {
+            control.watches.remove(&path);
+            if let Some(watcher) = control.watcher.as_mut() {
+                if let Err(e) = watcher.unwatch(&path) {
+                    debug!(path = %path.display(), error = %e, "unwatch failed");
+                }
+            }
+            removed.push(path);
+        }
+
+        let mut errors = HashMap::new();
+        let missing: Vec<(PathBuf, bool)> = desired
+            .into_iter()
+            .filter(|(path, _)| !control.watches.contains_key(path))
+            .collect();
+        if !missing.is_empty() && control.watcher.is_none() {
+            let router = self.router.clone();
+            let watcher = notify::recommended_watcher(move |res| router.handle(res))
+                .map_err(|e| TriggerError::failed(format!("cannot start the file watcher: {e}")))?;
+            control.watcher = Some(watcher);
+        }
+        if let Some(watcher) = control.watcher.as_mut() {
+            for (path, recursive) in missing {
+                let mode = if recursive {
+                    RecursiveMode::Recursive
+                } else {
+                    RecursiveMode::NonRecursive
+                };
+                match watcher.watch(&path, mode) {
+                    Ok(()) => {
+                        debug!(path = %path.display(), recursive, "OS watch added");
+                        control.watches.insert(path, recursive);
+                    }
+                    Err(e) => {
+                        warn!(path = %path.display(), error = %e, "cannot watch directory");
+                        errors.insert(path, e);
+                    }
+                }
+            }
+        }
+
+        // Subscribers under a removed watch were blind for a moment (or for good if it could not
+        // be re-added): a rescan finds what they missed, or reports why it cannot.
+        removed.extend(errors.keys().cloned());
+        if !removed.is_empty() {
+            lock(&self.router.table).overflow_under(&removed);
+        }
+        Ok(errors)
+    }
+
+    /// Number of OS watches in place (tests check that triggers share them).
+    #[cfg(test)]
+    pub fn os_watch_count(&self) -> usize {
+        lock(&self.control).watches.len()
+    }
+
+    /// Number of registered subscribers.
+    #[cfg(test)]
+    pub fn subscriber_count(&self) -> usize {
+        lock(&self.router.table).roots.values().map(Vec::len).sum()
+    }
+
+    /// Waits until stopped subscriptions have released their OS watches.
+    #[cfg(test)]
+    pub async fn settled(&self) {
+        while self.releasing.load(Ordering::SeqCst) > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+}
+
+/// A trigger's registration; dropping it unregisters and releases the OS watch if it was the
+/// last user.
+#[derive(Debug)]
+pub(crate) struct Subscription {
+    hub: Arc<Hub>,
+    sub: Arc<Subscriber>,
+    pub rx: mpsc::Receiver<FsChange>,
+}
+
+impl Subscription {
+    /// A handle on the overflow flag that can be awaited while `rx` is borrowed.
+    pub fn overflow_signal(&self) -> OverflowSignal {
+        OverflowSignal(self.sub.clone())
+    }
+}
+
+/// Set when events were (or may have been) lost for a subscriber: it must rescan.
+#[derive(Debug, Clone)]
+pub(crate) struct OverflowSignal(Arc<Subscriber>);
+
+impl OverflowSignal {
+    /// Clears and returns the flag.
+    pub fn take(&self) -> bool {
+        self.0.overflow.swap(false, Ordering::SeqCst)
+    }
+
+    /// Resolves once the flag is set, and clears it.
+    pub async fn wait(&self) {
+        loop {
+            if self.take() {
+                return;
+            }
+            self.0.wake.notified().await;
+        }
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.hub.unroute(&self.sub.root, self.sub.id);
+        let hub = self.hub.clone();
+        hub.releasing.fetch_add(1, Ordering::SeqCst);
+        let release = move || {
+            hub.release();
+            hub.releasing.fetch_sub(1, Ordering::SeqCst);
+        };
+        // Unwatching (and re-watching a tree that was nested in this one) blocks on notify's
+        // thread and may walk a directory tree: keep it off the async workers when possible.
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => {
+                handle.spawn_blocking(release);
+            }
+            Err(_) => release(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use notify::event::{CreateKind, Flag, RemoveKind};
+
+    fn register(
+        router: &Router,
+        root: &str,
+        recursive: bool,
+        capacity: usize,
+    ) -> (Arc<Subscriber>, mpsc::Receiver<FsChange>) {
+        let (tx, rx) = mpsc::channel(capacity);
+        let mut table = lock(&router.table);
+        table.next_id += 1;
+        let sub = Arc::new(Subscriber {
+            id: table.next_id,
+            root: PathBuf::from(root),
+            recursive,
+            tx,
+            overflow: AtomicBool::new(false),
+            wake: Notify::new(),
+        });
+        table
+            .roots
+            .entry(PathBuf::from(root))
+            .or_default()
+            .push(sub.clone());
+        (sub, rx)
+    }
+
+    fn event(kind: EventKind, paths: &[&str]) -> notify::Result<notify::Event> {
+        let mut event = notify::Event::new(kind);
+        for path in paths {
+            event = event.add_path(PathBuf::from(path));
+        }
+        Ok(event)
+    }
+
+    fn drain(rx: &mut mpsc::Receiver<FsChange>) -> Vec<(ChangeKind, String)> {
+        let mut out = Vec::new();
+        while let Ok(change) = rx.try_recv() {
+            out.push((change.kind, change.path.display().to_string()));
+        }
+        out
+    }
+
+    #[test]
+    fn routes_by_root_and_depth() {
+        let router = Router::default();
+        let (_flat, mut flat_rx) = register(&router, "/w", false, 16);
+        let (_deep, mut deep_rx) = register(&router, "/w", true, 16);
+        let (_other, mut other_rx) = register(&router, "/other", true, 16);
+        let close = EventKind::Access(AccessKind::Close(AccessMode::Write));
+        router.handle(event(close, &["/w/a"]));
+        router.handle(event(close, &["/w/sub/b"]));
+        router.handle(event(
+            EventKind::Access(AccessKind::Open(AccessMode::Any)),
+            &["/w/c"],
+        ));
+        router.handle(event(
+            EventKind::Modify(ModifyKind::Name(RenameMode::Both)),
+            &["/w/sub/x", "/w/y"],
+        ));
+        assert_eq!(
+            drain(&mut flat_rx),
+            vec![
+                (ChangeKind::ClosedWrite, "/w/a".into()),
+                (ChangeKind::MovedIn, "/w/y".into()),
+            ]
+        );
+        assert_eq!(
+            drain(&mut deep_rx),
+            vec![
+                (ChangeKind::ClosedWrite, "/w/a".into()),
+                (ChangeKind::ClosedWrite, "/w/sub/b".into()),
+                (ChangeKind::Gone, "/w/sub/x".into()),
+                (ChangeKind::MovedIn, "/w/y".into()),
+            ]
+        );
+        assert!(drain(&mut other_rx).is_empty());
+    }
+
+    #[test]
+    fn full_queue_or_rescan_flag_sets_overflow() {
+        let router = Router::default();
+        let (small, _small_rx) = register(&router, "/w", false, 1);
+        let (idle, _idle_rx) = register(&router, "/v", false, 16);
+        router.handle(event(EventKind::Create(CreateKind::File), &["/w/a"]));
+        assert!(!small.overflow.load(Ordering::SeqCst));
+        router.handle(event(EventKind::Create(CreateKind::File), &["/w/b"]));
+        assert!(
+            small.overflow.load(Ordering::SeqCst),
+            "a full queue must set the flag"
+        );
+        assert!(!idle.overflow.load(Ordering::SeqCst));
+
+        router.handle(Ok(
+            notify::Event::new(EventKind::Other).set_flag(Flag::Rescan)
+        ));
+        assert!(
+            idle.overflow.load(Ordering::SeqCst),
+            "a rescan flag reaches everyone"
+        );
+        idle.overflow.store(false, Ordering::SeqCst);
+        router.handle(Err(notify::Error::generic("boom")));
+        assert!(
+            idle.overflow.load(Ordering::SeqCst),
+            "an error reaches everyone"
+        );
+    }
+
+    #[test]
+    fn removed_root_is_marked_lost() {
+        let router = Router::default();
+        let (_sub, _rx) = register(&router, "/w", false, 16);
+        router.handle(event(EventKind::Remove(RemoveKind::File), &["/w/file"]));
+        router.handle(event(EventKind::Remove(RemoveKind::Folder), &["/w"]));
+        let table = lock(&router.table);
+        assert_eq!(table.lost, HashSet::from([PathBuf::from("/w")]));
+    }
+
+    #[test]
+    fn desired_watches_skip_roots_inside_recursive_ones() {
+        let router = Router::default();
+        let _subs = [
+            register(&router, "/a", false, 1),
+            register(&router, "/a", true, 1),
+            register(&router, "/a/b", false, 1),
+            register(&router, "/c", false, 1),
+            register(&router, "/c/d", true, 1),
+            register(&router, "/ab", false, 1),
+        ];
+        let desired = lock(&router.table).desired();
+        assert_eq!(
+            desired,
+            HashMap::from([
+                (PathBuf::from("/a"), true),
+                (PathBuf::from("/c"), false),
+                (PathBuf::from("/c/d"), true),
+                (PathBuf::from("/ab"), false),
+            ])
+        );
+    }
+}

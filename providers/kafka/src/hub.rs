@@ -1,0 +1,329 @@
+//! One librdkafka consumer per client configuration (cluster, group, settings), shared by every
+//! watcher that has it: thousands of watchers do not mean thousands of clients. The consumer
+//! subscribes to the union of its watchers' topics, hands each message to every watcher of its
+//! topic, and stores a partition's offsets in order, each only once all its events committed.
+//! librdkafka commits stored offsets in the background and when the consumer closes.
+//!
+//! When an event is not committed, or the cluster is unreachable, the consumer stops and every
+//! watcher on it fails: the supervisor restarts them with backoff, a new consumer resumes from
+//! the committed offsets, and dedup keys absorb what is delivered again.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use futures::future::BoxFuture;
+use futures::stream::{FuturesUnordered, StreamExt};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Headers, Message};
+use rdkafka::ClientContext;
+use tokio::sync::{mpsc, oneshot, Notify};
+use tracing::{debug, info, warn};
+use triggerer_sdk::{Committed, Event, EventSink, NotCommitted};
+
+use crate::config::KafkaConfig;
+use crate::payload::Received;
+
+/// Messages handed out and not yet committed, per consumer, before it stops reading.
+const MAX_IN_FLIGHT: usize = 10_000;
+
+/// A delivery's end: which message, for which watcher, and how it went.
+type Outcome = (String, i32, i64, u64, Result<Committed, NotCommitted>);
+
+/// Per partition: offset → watchers whose event of that message is not committed yet. A set,
+/// not a count, so a message delivered again (after a rebalance) while its first delivery is
+/// still in flight is released only once every watcher's event of it committed.
+type Pending = HashMap<(String, i32), BTreeMap<i64, HashSet<u64>>>;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The shared consumers of one provider.
+#[derive(Debug, Default)]
+pub struct Hub {
+    consumers: Mutex<HashMap<String, Arc<Shared>>>,
+    next_id: AtomicU64,
+}
+
+#[derive(Debug)]
+struct Subscriber {
+    topics: Vec<String>,
+    sink: EventSink,
+    failed: Option<oneshot::Sender<String>>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    cluster: String,
+    group: String,
+    subscribers: Mutex<HashMap<u64, Subscriber>>,
+    changed: Notify,
+}
+
+/// A watcher's place on a shared consumer; dropping it leaves.
+pub struct Subscription {
+    shared: Arc<Shared>,
+    id: u64,
+    /// Resolves with the reason when the consumer stopped with an error.
+    pub failed: oneshot::Receiver<String>,
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        lock(&self.shared.subscribers).remove(&self.id);
+        self.shared.changed.notify_one();
+    }
+}
+
+impl Hub {
+    /// Joins (or starts) the consumer for `config`, delivering its topics' messages to `sink`.
+    pub fn subscribe(self: &Arc<Self>, config: &KafkaConfig, sink: EventSink) -> Subscription {
+        let (failed_tx, failed) = oneshot::channel();
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut consumers = lock(&self.consumers);
+        let key = config.consumer_key();
+        let shared = consumers
+            .entry(key.clone())
+            .or_insert_with(|| {
+                let shared = Arc::new(Shared {
+                    cluster: config.cluster().to_string(),
+                    group: config.client.get("group.id").cloned().unwrap_or_default(),
+                    subscribers: Mutex::new(HashMap::new()),
+                    changed: Notify::new(),
+                });
+                tokio::spawn(run(
+                    self.clone(),
+                    key,
+                    shared.clone(),
+                    config.client.clone(),
+                ));
+                shared
+            })
+            .clone();
+        lock(&shared.subscribers).insert(
+            id,
+            Subscriber {
+                topics: config.topics.clone(),
+                sink,
+                failed: Some(failed_tx),
+            },
+        );
+        drop(consumers);
+        shared.changed.notify_one();
+        Subscription { shared, id, failed }
+    }
+
+    /// Number of running consumers (one per distinct client configuration).
+    pub fn consumers(&self) -> usize {
+        lock(&self.consumers).len()
+    }
+}
+
+/// Forwards librdkafka's client-level errors (brokers down, authentication) to the consumer
+/// loop, which decides whether they stop it.
+struct HubContext {
+    errors: mpsc::UnboundedSender<KafkaError>,
+}
+
+impl ClientContext for HubContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        debug!(%error, reason, "kafka client error");
+        let _ = self.errors.send(error);
+    }
+}
+
+impl ConsumerContext for HubContext {}
+
+/// Whether a client error means the watchers cannot make progress (they fail, and retry with
+/// backoff), as opposed to a blip librdkafka recovers from by itself.
+fn is_stopping(error: &KafkaError) -> bool {
+    match error.rdkafka_error_code() {
+        Some(
+            RDKafkaErrorCode::AllBrokersDown
+            | RDKafkaErrorCode::Authentication
+            | RDKafkaErrorCode::SaslAuthenticationFailed
+            | RDKafkaErrorCode::TopicAuthorizationFailed
+            | RDKafkaErrorCode::GroupAuthorizationFailed
+            | RDKafkaErrorCode::Fatal,
+        ) => true,
+        _ => matches!(error, KafkaError::MessageConsumptionFatal(_)),
+    }
+}
+
+async fn run(hub: Arc<Hub>, key: String, shared: Arc<Shared>, client: BTreeMap<String, String>) {
+    let outcome = consume(&hub, &key, &shared, &client).await;
+    let mut consumers = lock(&hub.consumers);
+    if consumers.get(&key).is_some_and(|s| Arc::ptr_eq(s, &shared)) {
+        consumers.remove(&key);
+    }
+    drop(consumers);
+    if let Err(reason) = outcome {
+        warn!(cluster = %shared.cluster, group = %shared.group, %reason, "kafka consumer stopped");
+        for (_, mut subscriber) in lock(&shared.subscribers).drain() {
+            if let Some(failed) = subscriber.failed.take() {
+                let _ = failed.send(reason.clone());
+            }
+        }
+    }
+}
+
+/// Runs the consumer until it has no watchers (Ok) or must stop (Err with the reason).
+async fn consume(
+    hub: &Hub,
+    key: &str,
+    shared: &Shared,
+    client: &BTreeMap<String, String>,
+) -> Result<(), String> {
+    let (errors_tx, mut errors) = mpsc::unbounded_channel();
+    let mut config = ClientConfig::new();
+    for (k, v) in client {
+        config.set(k, v);
+    }
+    config
+        .set("enable.auto.commit", "true")
+        .set("enable.auto.offset.store", "false")
+        .set("enable.partition.eof", "false");
+    let consumer: StreamConsumer<HubContext> = config
+        .create_with_context(HubContext { errors: errors_tx })
+        .map_err(|e| format!("cannot create a Kafka consumer for {}: {e}", shared.cluster))?;
+
+    let mut subscribed: BTreeSet<String> = BTreeSet::new();
+    let mut inflight: FuturesUnordered<BoxFuture<'static, Outcome>> = FuturesUnordered::new();
+    let mut pending: Pending = HashMap::new();
+
+    loop {
+        let (topics, watchers) = {
+            let subs = lock(&shared.subscribers);
+            let topics: BTreeSet<String> = subs
+                .values()
+                .flat_map(|s| s.topics.iter().cloned())
+                .collect();
+            (topics, subs.len())
+        };
+        if watchers == 0 && inflight.is_empty() {
+            // Leave only if nobody joined meanwhile: joining happens under the hub's lock.
+            let mut consumers = lock(&hub.consumers);
+            if lock(&shared.subscribers).is_empty() {
+                consumers.remove(key);
+                drop(consumers);
+                if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
+                    debug!(error = %e, "final offset commit");
+                }
+                info!(cluster = %shared.cluster, group = %shared.group, "kafka consumer closed: no watchers left");
+                return Ok(());
+            }
+            continue;
+        }
+        if topics != subscribed && !topics.is_empty() {
+            let list: Vec<&str> = topics.iter().map(String::as_str).collect();
+            consumer
+                .subscribe(&list)
+                .map_err(|e| format!("cannot subscribe to {list:?}: {e}"))?;
+            info!(cluster = %shared.cluster, group = %shared.group, watchers, topics = ?list, "kafka consumer serving watchers");
+            subscribed = topics;
+        }
+        tokio::select! {
+            biased;
+            Some((topic, partition, offset, watcher, result)) = inflight.next() => {
+                if let Err(e) = result {
+                    return Err(format!("the event of {topic}/{partition}@{offset} was not committed: {e}"));
+                }
+                if let Some(waiting) = pending.get_mut(&(topic.clone(), partition)).and_then(|p| p.get_mut(&offset)) {
+                    waiting.remove(&watcher);
+                }
+                store_committed(&consumer, &mut pending, topic, partition);
+            }
+            Some(error) = errors.recv() => {
+                if is_stopping(&error) {
+                    return Err(format!("Kafka cluster {}: {error}", shared.cluster));
+                }
+                warn!(cluster = %shared.cluster, %error, "kafka client error; librdkafka retries");
+            }
+            _ = shared.changed.notified() => {}
+            received = consumer.recv(), if watchers > 0 && inflight.len() < MAX_IN_FLIGHT => {
+                let message = match received {
+                    Ok(m) => m,
+                    Err(error) if is_stopping(&error) => {
+                        return Err(format!("Kafka cluster {}: {error}", shared.cluster));
+                    }
+                    Err(error) => {
+                        warn!(cluster = %shared.cluster, %error, "kafka consume error");
+                        continue;
+                    }
+                };
+                let received = Received {
+                    topic: message.topic().to_string(),
+                    partition: message.partition(),
+                    offset: message.offset(),
+                    key: message.key().map(<[u8]>::to_vec),
+                    value: message.payload().map(<[u8]>::to_vec),
+                    headers: message
+                        .headers()
+                        .map(|h| h.iter().map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec))).collect())
+                        .unwrap_or_default(),
+                    timestamp_ms: message.timestamp().to_millis(),
+                };
+                drop(message);
+                let sinks: Vec<(u64, EventSink)> = lock(&shared.subscribers)
+                    .iter()
+                    .filter(|(_, s)| s.topics.contains(&received.topic))
+                    .map(|(id, s)| (*id, s.sink.clone()))
+                    .collect();
+                let slot = (received.topic.clone(), received.partition);
+                pending
+                    .entry(slot.clone())
+                    .or_default()
+                    .entry(received.offset)
+                    .or_default()
+                    .extend(sinks.iter().map(|(id, _)| *id));
+                if sinks.is_empty() {
+                    // Its watcher left: nobody to tell, and nothing to hold the partition for.
+                    store_committed(&consumer, &mut pending, slot.0, slot.1);
+                    continue;
+                }
+                let payload = received.payload();
+                let dedup_key = received.dedup_key(&shared.cluster);
+                for (watcher, sink) in sinks {
+                    // Waiting here when the core's queue is full is the backpressure.
+                    let delivery = sink
+                        .submit(Event::new(payload.clone(), dedup_key.clone()))
+                        .await
+                        .map_err(|e| format!("cannot hand over {dedup_key}: {e}"))?;
+                    let (topic, partition, offset) = (received.topic.clone(), received.partition, received.offset);
+                    inflight.push(Box::pin(async move { (topic, partition, offset, watcher, delivery.await) }));
+                }
+            }
+        }
+    }
+}
+
+/// Stores the highest offset of the partition's leading run of messages whose events all
+/// committed, and forgets that run.
+fn store_committed<C: ConsumerContext>(
+    consumer: &StreamConsumer<C>,
+    pending: &mut Pending,
+    topic: String,
+    partition: i32,
+) {
+    let Some(offsets) = pending.get_mut(&(topic.clone(), partition)) else {
+        return;
+    };
+    let mut store = None;
+    while let Some((&offset, waiting)) = offsets.first_key_value() {
+        if !waiting.is_empty() {
+            break;
+        }
+        offsets.remove(&offset);
+        store = Some(offset);
+    }
+    if let Some(offset) = store {
+        // Fails only for a partition revoked meanwhile: its new owner redelivers from the last
+        // committed offset, and the dedup keys absorb the repeats.
+        if let Err(e) = consumer.store_offset(&topic, partition, offset) {
+            debug!(%topic, partition, offset, error = %e, "offset not stored");
+        }
+    }
+}

@@ -1,0 +1,139 @@
+//! A Kafka message as an event payload and dedup key. Nothing is dropped: a value that is JSON
+//! is kept as JSON, text as text, anything else as base64, and `value_encoding` says which.
+
+use base64::Engine as _;
+use serde_json::{json, Map, Value};
+
+/// The parts of a message the payload keeps, copied out of librdkafka's buffer.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub value: Option<Vec<u8>>,
+    pub headers: Vec<(String, Option<Vec<u8>>)>,
+    pub timestamp_ms: Option<i64>,
+}
+
+/// `(value, encoding)`: JSON when the bytes parse as JSON, else UTF-8 text, else base64.
+fn decode(bytes: &[u8]) -> (Value, &'static str) {
+    if let Ok(json) = serde_json::from_slice::<Value>(bytes) {
+        return (json, "json");
+    }
+    match std::str::from_utf8(bytes) {
+        Ok(text) => (Value::String(text.to_string()), "text"),
+        Err(_) => (
+            Value::String(base64::engine::general_purpose::STANDARD.encode(bytes)),
+            "base64",
+        ),
+    }
+}
+
+/// Text if UTF-8, else base64 (keys and headers are identifiers, not documents).
+fn text_or_base64(bytes: &[u8]) -> Value {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => Value::String(text.to_string()),
+        Err(_) => Value::String(base64::engine::general_purpose::STANDARD.encode(bytes)),
+    }
+}
+
+impl Received {
+    pub fn payload(&self) -> Value {
+        let (value, encoding) = match &self.value {
+            Some(bytes) => decode(bytes),
+            None => (Value::Null, "null"), // a tombstone
+        };
+        let headers: Map<String, Value> = self
+            .headers
+            .iter()
+            .map(|(name, v)| {
+                (
+                    name.clone(),
+                    v.as_deref().map_or(Value::Null, text_or_base64),
+                )
+            })
+            .collect();
+        json!({
+            "topic": self.topic,
+            "partition": self.partition,
+            "offset": self.offset,
+            "key": self.key.as_deref().map(text_or_base64),
+            "value": value,
+            "value_encoding": encoding,
+            "headers": headers,
+            "timestamp": self.timestamp_ms,
+        })
+    }
+
+    /// `kafka:CLUSTER/TOPIC/PARTITION/OFFSET`: the same message redelivered has the same key.
+    pub fn dedup_key(&self, cluster: &str) -> String {
+        format!(
+            "kafka:{cluster}/{}/{}/{}",
+            self.topic, self.partition, self.offset
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(value: Option<&[u8]>) -> Received {
+        Received {
+            topic: "orders".into(),
+            partition: 2,
+            offset: 41,
+            key: Some(b"k1".to_vec()),
+            value: value.map(<[u8]>::to_vec),
+            headers: vec![
+                ("trace".into(), Some(vec![0xff, 0x00])),
+                ("empty".into(), None),
+            ],
+            timestamp_ms: Some(1_700_000_000_000),
+        }
+    }
+
+    #[test]
+    fn json_text_binary_and_tombstones_are_all_kept() {
+        let p = message(Some(br#"{"id": 7}"#)).payload();
+        assert_eq!(
+            (p["value"]["id"].clone(), p["value_encoding"].clone()),
+            (json!(7), json!("json"))
+        );
+        let p = message(Some(b"plain text")).payload();
+        assert_eq!(
+            (p["value"].clone(), p["value_encoding"].clone()),
+            (json!("plain text"), json!("text"))
+        );
+        let p = message(Some(&[0xde, 0xad, 0xbe, 0xef])).payload();
+        assert_eq!(
+            (p["value"].clone(), p["value_encoding"].clone()),
+            (json!("3q2+7w=="), json!("base64"))
+        );
+        let p = message(None).payload();
+        assert_eq!(
+            (p["value"].clone(), p["value_encoding"].clone()),
+            (Value::Null, json!("null"))
+        );
+        assert_eq!(p["key"], "k1");
+        assert_eq!(p["headers"]["trace"], "/wA=");
+        assert_eq!(p["headers"]["empty"], Value::Null);
+        assert_eq!(
+            (
+                p["topic"].clone(),
+                p["partition"].clone(),
+                p["offset"].clone()
+            ),
+            (json!("orders"), json!(2), json!(41))
+        );
+    }
+
+    #[test]
+    fn dedup_key_names_cluster_topic_partition_offset() {
+        assert_eq!(
+            message(None).dedup_key("b:9092"),
+            "kafka:b:9092/orders/2/41"
+        );
+    }
+}

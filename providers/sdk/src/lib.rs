@@ -1,0 +1,33 @@
+//! The contract between the triggerer core and its providers.
+//!
+//! A *provider* (one crate under `providers/`) answers to one or more classpaths, validates the
+//! kwargs of a watcher without any I/O, and builds an [`EventTrigger`]. The core runs every
+//! trigger in its own task and hands it a [`TriggerContext`]: an [`EventSink`] to emit through,
+//! the trigger's last committed checkpoint, and a cancellation token.
+//!
+//! Delivery contract, which every provider must keep:
+//! - an event is acknowledged upstream (offset stored, message deleted, file marked done) only
+//!   after its [`Delivery`] resolved to [`Committed`]: the database transaction holding its asset
+//!   events has committed;
+//! - every event carries a dedup key that is stable across redeliveries, so a redelivered event
+//!   inserts nothing twice;
+//! - [`EventSink::submit`] waits while the core's queue is full: that wait *is* backpressure.
+//!   Nothing is ever dropped.
+//!
+//! This crate knows nothing of SQL, brokers or the CLI; providers depend on it and on nothing
+//! of the core.
+
+mod error;
+mod event;
+mod provider;
+mod sink;
+#[cfg(feature = "testkit")]
+pub mod testkit;
+
+pub use error::{EmitError, KwargsError, NotCommitted, TriggerError};
+pub use event::{Checkpoint, Committed, Event};
+pub use provider::{EventTrigger, Provider, TriggerContext};
+pub use sink::{Delivery, Envelope, EventSink};
+
+/// Re-exported so providers and the core agree on one cancellation type.
+pub use tokio_util::sync::CancellationToken;

@@ -1,0 +1,378 @@
+//! The `sqs` provider: `sqs.SqsSensorTrigger` (also Airflow's
+//! `airflow.providers.amazon.aws.triggers.sqs.SqsSensorTrigger`) turns every message of a queue
+//! into an event, and serves the `sqs` scheme and SQS queue URLs of the common message-queue
+//! trigger. It holds one SDK client per region and endpoint; each trigger long-polls its queue.
+//! It must not delete a message before that message's events are committed.
+//!
+//! | kwarg | type | default | meaning |
+//! |---|---|---|---|
+//! | `sqs_queue` | string | required | the queue URL |
+//! | `region_name` | string | from the URL | AWS region |
+//! | `endpoint_url` | string | AWS | another endpoint (an emulator) |
+//! | `max_messages` | 1–10 | 10 | messages per receive |
+//! | `wait_time_seconds` | 0–20 | 20 | long-poll wait |
+//! | `visibility_timeout` | seconds | 60 | hidden from other consumers this long; extended while a message waits for its commit |
+//! | `num_batches`, `waiter_delay`, `delete_message_on_reception` | | | accepted for Airflow compatibility (`delete_message_on_reception = false` is refused) |
+//!
+//! Credentials come from the standard AWS chain (environment, profile, instance role).
+//!
+//! Delivery guarantee: one event per message, dedup key `sqs:{MessageId}`, payload
+//! `{message_id, body, attributes, message_attributes}`. A message is deleted (in batches of up
+//! to ten) only after its event committed; until then its visibility is extended, so no other
+//! consumer takes it meanwhile. A crash leaves it undeleted: it comes back after its visibility
+//! timeout and its MessageId makes the repeat harmless. A message that is never committed is
+//! never deleted.
+
+mod config;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_sdk_sqs::error::DisplayErrorContext;
+use aws_sdk_sqs::types::{
+    ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry, Message,
+    MessageSystemAttributeName,
+};
+use aws_sdk_sqs::Client;
+use futures::future::BoxFuture;
+use futures::stream::{FuturesUnordered, StreamExt};
+use serde_json::{json, Map, Value};
+use tokio::sync::{mpsc, Mutex};
+use tokio::time::Instant;
+use tracing::{debug, warn};
+use triggerer_sdk::{
+    CancellationToken, Committed, Event, EventTrigger, KwargsError, NotCommitted, Provider,
+    TriggerContext, TriggerError,
+};
+
+pub use config::SqsConfig;
+
+/// The classpaths of [`SqsProvider`], canonical first.
+pub const CLASSPATHS: &[&str] = &[
+    "sqs.SqsSensorTrigger",
+    "airflow.providers.amazon.aws.triggers.sqs.SqsSensorTrigger",
+];
+
+/// Messages received and not yet committed, per trigger, before it stops receiving.
+const MAX_IN_FLIGHT: usize = 1_000;
+/// How long a cancelled trigger waits for its in-flight events before it leaves them to come back.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+type ClientKey = (Option<String>, Option<String>);
+
+/// The `sqs` provider; one per process, holding one SDK client per region and endpoint.
+#[derive(Debug, Default)]
+pub struct SqsProvider {
+    clients: std::sync::Arc<Mutex<HashMap<ClientKey, Client>>>,
+}
+
+impl SqsProvider {
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+impl Provider for SqsProvider {
+    fn name(&self) -> &'static str {
+        "sqs"
+    }
+
+    fn classpaths(&self) -> &'static [&'static str] {
+        CLASSPATHS
+    }
+
+    fn schemes(&self) -> &'static [&'static str] {
+        &["sqs"]
+    }
+
+    fn queue_kwargs(
+        &self,
+        queue: &str,
+        kwargs: &Map<String, Value>,
+    ) -> Option<Result<Value, KwargsError>> {
+        SqsConfig::queue_kwargs(queue, kwargs)
+    }
+
+    fn validate(&self, kwargs: &Value) -> Result<(), KwargsError> {
+        SqsConfig::from_kwargs(kwargs).map(|_| ())
+    }
+
+    fn build(&self, kwargs: &Value) -> Result<Box<dyn EventTrigger>, KwargsError> {
+        Ok(Box::new(SqsSensorTrigger {
+            clients: self.clients.clone(),
+            config: SqsConfig::from_kwargs(kwargs)?,
+        }))
+    }
+}
+
+/// One watcher of one queue.
+pub struct SqsSensorTrigger {
+    clients: std::sync::Arc<Mutex<HashMap<ClientKey, Client>>>,
+    config: SqsConfig,
+}
+
+impl SqsSensorTrigger {
+    async fn client(&self) -> Client {
+        let key = (self.config.region.clone(), self.config.endpoint_url.clone());
+        let mut clients = self.clients.lock().await;
+        if let Some(client) = clients.get(&key) {
+            return client.clone();
+        }
+        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+        if let Some(region) = &self.config.region {
+            loader = loader.region(aws_config::Region::new(region.clone()));
+        } else {
+            // An emulator needs some region for signing.
+            loader = loader.region(aws_config::Region::new("us-east-1"));
+        }
+        if let Some(endpoint) = &self.config.endpoint_url {
+            loader = loader.endpoint_url(endpoint);
+        }
+        let client = Client::new(&loader.load().await);
+        clients.insert(key, client.clone());
+        client
+    }
+}
+
+fn describe<E: std::error::Error>(e: E) -> String {
+    DisplayErrorContext(e).to_string()
+}
+
+/// Long-polls the queue and hands over each non-empty batch; stops at the first error, which
+/// it hands over too.
+async fn receive(
+    client: Client,
+    config: SqsConfig,
+    batches: mpsc::Sender<Result<Vec<Message>, String>>,
+    cancel: CancellationToken,
+) {
+    loop {
+        let request = client
+            .receive_message()
+            .queue_url(&config.queue_url)
+            .max_number_of_messages(config.max_messages)
+            .wait_time_seconds(config.wait_time_seconds)
+            .visibility_timeout(config.visibility_timeout)
+            .message_system_attribute_names(MessageSystemAttributeName::All)
+            .message_attribute_names("All")
+            .send();
+        let response = tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = request => r,
+        };
+        let outcome = match response {
+            Ok(out) => match out.messages {
+                Some(messages) if !messages.is_empty() => Ok(messages),
+                _ => continue,
+            },
+            Err(e) => Err(format!(
+                "receiving from {}: {}",
+                config.queue_url,
+                describe(e)
+            )),
+        };
+        let stop = outcome.is_err();
+        // Waiting here while the trigger is busy is the backpressure.
+        if batches.send(outcome).await.is_err() || stop {
+            return;
+        }
+    }
+}
+
+fn payload(m: &Message) -> Value {
+    let attributes: Map<String, Value> = m
+        .attributes
+        .iter()
+        .flatten()
+        .map(|(k, v)| (k.as_str().to_string(), Value::String(v.clone())))
+        .collect();
+    let message_attributes: Map<String, Value> = m
+        .message_attributes
+        .iter()
+        .flatten()
+        .map(|(k, v)| {
+            (
+                k.clone(),
+                json!({"data_type": v.data_type, "string_value": v.string_value}),
+            )
+        })
+        .collect();
+    json!({
+        "message_id": m.message_id,
+        "body": m.body,
+        "attributes": attributes,
+        "message_attributes": message_attributes,
+    })
+}
+
+type Outcome = (String, String, Result<Committed, NotCommitted>);
+
+#[async_trait]
+impl EventTrigger for SqsSensorTrigger {
+    async fn run(self: Box<Self>, ctx: TriggerContext) -> Result<(), TriggerError> {
+        let client = self.client().await;
+        let config = self.config.clone();
+        let stop_receiving = ctx.cancel.child_token();
+        let (tx, mut batches) = mpsc::channel(1);
+        let receiver = tokio::spawn(receive(
+            client.clone(),
+            config.clone(),
+            tx,
+            stop_receiving.clone(),
+        ));
+        let _stop = stop_receiving.clone().drop_guard();
+
+        let mut inflight: FuturesUnordered<BoxFuture<'static, Outcome>> = FuturesUnordered::new();
+        // receipt handle → when its visibility was last set, for messages awaiting their commit.
+        let mut waiting: HashMap<String, Instant> = HashMap::new();
+        let mut to_delete: Vec<String> = Vec::new();
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let extend_after = Duration::from_secs(
+            u64::try_from(config.visibility_timeout / 2)
+                .unwrap_or(5)
+                .max(5),
+        );
+
+        let result = loop {
+            tokio::select! {
+                biased;
+                _ = ctx.cancel.cancelled() => break Ok(()),
+                Some((receipt, id, outcome)) = inflight.next() => {
+                    waiting.remove(&receipt);
+                    if let Err(e) = outcome {
+                        break Err(TriggerError::failed(format!("message {id} was not committed: {e}")));
+                    }
+                    to_delete.push(receipt);
+                    if to_delete.len() >= 10 {
+                        delete(&client, &config.queue_url, &mut to_delete).await;
+                    }
+                }
+                _ = tick.tick() => {
+                    delete(&client, &config.queue_url, &mut to_delete).await;
+                    extend(&client, &config, &mut waiting, extend_after).await;
+                }
+                batch = batches.recv(), if inflight.len() < MAX_IN_FLIGHT => match batch {
+                    Some(Ok(messages)) => {
+                        for m in messages {
+                            let (Some(id), Some(receipt)) = (m.message_id.clone(), m.receipt_handle.clone()) else {
+                                warn!(queue = %config.queue_url, "message without id or receipt handle; left for its visibility timeout");
+                                continue;
+                            };
+                            let delivery = ctx.sink.submit(Event::new(payload(&m), format!("sqs:{id}"))).await?;
+                            waiting.insert(receipt.clone(), Instant::now());
+                            inflight.push(Box::pin(async move { (receipt, id, delivery.await) }));
+                        }
+                    }
+                    Some(Err(e)) => break Err(TriggerError::failed(e)),
+                    None => break Err(TriggerError::failed("the SQS receiver stopped")),
+                },
+            }
+        };
+        stop_receiving.cancel();
+        let _ = receiver.await;
+        // Finish the acknowledgements of what is committing now; the rest comes back later.
+        let deadline = Instant::now() + DRAIN_TIMEOUT;
+        while let Ok(Some((receipt, _, outcome))) =
+            tokio::time::timeout_at(deadline, inflight.next()).await
+        {
+            if outcome.is_ok() {
+                to_delete.push(receipt);
+            }
+        }
+        while !to_delete.is_empty() {
+            delete(&client, &config.queue_url, &mut to_delete).await;
+        }
+        result
+    }
+}
+
+/// Deletes up to ten committed messages. A failed delete only means the message comes back and
+/// its repeat is absorbed by its dedup key.
+async fn delete(client: &Client, queue_url: &str, receipts: &mut Vec<String>) {
+    if receipts.is_empty() {
+        return;
+    }
+    let batch: Vec<String> = receipts.drain(..receipts.len().min(10)).collect();
+    let entries: Vec<DeleteMessageBatchRequestEntry> = batch
+        .iter()
+        .enumerate()
+        .filter_map(|(i, receipt)| {
+            DeleteMessageBatchRequestEntry::builder()
+                .id(i.to_string())
+                .receipt_handle(receipt)
+                .build()
+                .ok()
+        })
+        .collect();
+    match client
+        .delete_message_batch()
+        .queue_url(queue_url)
+        .set_entries(Some(entries))
+        .send()
+        .await
+    {
+        Ok(out) if !out.failed.is_empty() => {
+            warn!(
+                queue = queue_url,
+                failed = out.failed.len(),
+                "some deletes failed; those messages will come back and be deduplicated"
+            );
+        }
+        Ok(_) => debug!(
+            queue = queue_url,
+            deleted = batch.len(),
+            "messages deleted after commit"
+        ),
+        Err(e) => {
+            warn!(queue = queue_url, error = %describe(e), "delete failed; those messages will come back and be deduplicated")
+        }
+    }
+}
+
+/// Keeps messages that still wait for their commit hidden from other consumers.
+async fn extend(
+    client: &Client,
+    config: &SqsConfig,
+    waiting: &mut HashMap<String, Instant>,
+    after: Duration,
+) {
+    let now = Instant::now();
+    let due: Vec<String> = waiting
+        .iter()
+        .filter(|(_, since)| now.duration_since(**since) >= after)
+        .map(|(r, _)| r.clone())
+        .take(10)
+        .collect();
+    if due.is_empty() {
+        return;
+    }
+    let entries: Vec<ChangeMessageVisibilityBatchRequestEntry> = due
+        .iter()
+        .enumerate()
+        .filter_map(|(i, receipt)| {
+            ChangeMessageVisibilityBatchRequestEntry::builder()
+                .id(i.to_string())
+                .receipt_handle(receipt)
+                .visibility_timeout(config.visibility_timeout)
+                .build()
+                .ok()
+        })
+        .collect();
+    match client
+        .change_message_visibility_batch()
+        .queue_url(&config.queue_url)
+        .set_entries(Some(entries))
+        .send()
+        .await
+    {
+        Ok(_) => {
+            for receipt in due {
+                waiting.insert(receipt, now);
+            }
+        }
+        Err(e) => {
+            warn!(queue = %config.queue_url, error = %describe(e), "cannot extend visibility; a message may be delivered again (deduplicated)")
+        }
+    }
+}

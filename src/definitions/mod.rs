@@ -1,0 +1,515 @@
+//! Definition files (DESIGN §4): reading TOML, validating everything before anything is
+//! written, and syncing the result as one reconciliation. Every error names `file:line`, the
+//! asset or DAG, and the field. This module must not touch the database except through
+//! [`Store::apply_definitions`], and only once validation found nothing wrong.
+
+pub mod schedule;
+pub mod watch;
+
+use std::collections::{BTreeSet, HashMap};
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use serde_json::Value;
+use thiserror::Error;
+use toml::Spanned;
+
+use crate::identity::{canonical_json, trigger_hash};
+use crate::registry::{ProviderRegistry, WatcherError};
+use crate::store::{AssetPlan, DagPlan, Store, StoreError, SyncPlan, SyncReport, WatcherPlan};
+
+/// Airflow's `[core] max_active_runs_per_dag` default.
+pub const DEFAULT_MAX_ACTIVE_RUNS: i64 = 16;
+
+/// One problem in a definition file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DefinitionError {
+    pub file: String,
+    pub line: usize,
+    pub message: String,
+}
+
+impl fmt::Display for DefinitionError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}: {}", self.file, self.line, self.message)
+    }
+}
+
+/// Every problem found in the files, in file and line order.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub struct DefinitionErrors(pub Vec<DefinitionError>);
+
+impl fmt::Display for DefinitionErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum SyncError {
+    #[error("{0}")]
+    Invalid(#[from] DefinitionErrors),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileDoc {
+    #[serde(default)]
+    asset: Vec<Spanned<AssetDoc>>,
+    #[serde(default)]
+    dag: Vec<Spanned<DagDoc>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AssetDoc {
+    name: Spanned<String>,
+    uri: Option<Spanned<String>>,
+    #[serde(default)]
+    watcher: Vec<Spanned<WatcherDoc>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WatcherDoc {
+    name: Spanned<String>,
+    classpath: Spanned<String>,
+    kwargs: Option<Spanned<toml::Table>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DagDoc {
+    dag_id: Spanned<String>,
+    schedule: Option<Spanned<toml::Value>>,
+    start_date: Option<Spanned<toml::Value>>,
+    end_date: Option<Spanned<toml::Value>>,
+    catchup: Option<bool>,
+    max_active_runs: Option<Spanned<i64>>,
+    is_paused_upon_creation: Option<bool>,
+    // Accepted for Airflow users' habits; shown nowhere yet.
+    #[allow(dead_code)]
+    description: Option<String>,
+    #[allow(dead_code)]
+    #[serde(default)]
+    tags: Vec<String>,
+}
+
+/// One definition file's text and where it came from.
+struct Source {
+    file: String,
+    text: String,
+}
+
+impl Source {
+    fn line_of(&self, span: Range<usize>) -> usize {
+        let end = span.start.min(self.text.len());
+        self.text[..end].bytes().filter(|b| *b == b'\n').count() + 1
+    }
+
+    fn error(&self, span: Range<usize>, message: impl Into<String>) -> DefinitionError {
+        DefinitionError {
+            file: self.file.clone(),
+            line: self.line_of(span),
+            message: message.into(),
+        }
+    }
+}
+
+/// Lists the `.toml` files of `paths` (files as given, directories searched recursively),
+/// sorted so that sync order and error order are stable.
+pub fn definition_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, DefinitionErrors> {
+    let mut files = Vec::new();
+    let mut errors = Vec::new();
+    for path in paths {
+        if path.is_dir() {
+            let mut stack = vec![path.clone()];
+            while let Some(dir) = stack.pop() {
+                match std::fs::read_dir(&dir) {
+                    Ok(entries) => {
+                        for entry in entries.flatten() {
+                            let p = entry.path();
+                            if p.is_dir() {
+                                stack.push(p);
+                            } else if p.extension().is_some_and(|e| e == "toml") {
+                                files.push(p);
+                            }
+                        }
+                    }
+                    Err(e) => errors.push(DefinitionError {
+                        file: dir.display().to_string(),
+                        line: 0,
+                        message: format!("cannot read directory: {e}"),
+                    }),
+                }
+            }
+        } else if path.exists() {
+            files.push(path.clone());
+        } else {
+            errors.push(DefinitionError {
+                file: path.display().to_string(),
+                line: 0,
+                message: "no such file or directory".into(),
+            });
+        }
+    }
+    if !errors.is_empty() {
+        return Err(DefinitionErrors(errors));
+    }
+    files.sort();
+    files.dedup();
+    Ok(files)
+}
+
+/// Reads, parses and validates the definitions under `paths` into a plan to write.
+pub fn load(paths: &[PathBuf], registry: &ProviderRegistry) -> Result<SyncPlan, DefinitionErrors> {
+    let mut sources = Vec::new();
+    let mut errors = Vec::new();
+    for file in definition_files(paths)? {
+        match std::fs::read_to_string(&file) {
+            Ok(text) => sources.push(Source {
+                file: file.display().to_string(),
+                text,
+            }),
+            Err(e) => errors.push(DefinitionError {
+                file: file.display().to_string(),
+                line: 0,
+                message: format!("cannot read file: {e}"),
+            }),
+        }
+    }
+    if !errors.is_empty() {
+        return Err(DefinitionErrors(errors));
+    }
+    validate(&sources, registry)
+}
+
+/// Parses definitions from in-memory text, as if read from `file` (used by tests and tools).
+pub fn load_str(
+    file: &str,
+    text: &str,
+    registry: &ProviderRegistry,
+) -> Result<SyncPlan, DefinitionErrors> {
+    validate(
+        &[Source {
+            file: file.to_string(),
+            text: text.to_string(),
+        }],
+        registry,
+    )
+}
+
+/// Loads and writes the definitions under `paths`, then aligns every DAG's next scheduled
+/// slot with its (possibly new) schedule. Nothing is written if anything is wrong.
+pub async fn sync(
+    store: &Store,
+    paths: &[PathBuf],
+    registry: &ProviderRegistry,
+) -> Result<SyncReport, SyncError> {
+    let plan = load(paths, registry)?;
+    let report = store.apply_definitions(&plan).await?;
+    crate::scheduler::refresh_next_dagruns(store, crate::time::now()).await?;
+    Ok(report)
+}
+
+fn toml_to_json(value: &toml::Value) -> Value {
+    match value {
+        toml::Value::String(s) => Value::String(s.clone()),
+        toml::Value::Integer(i) => Value::from(*i),
+        toml::Value::Float(f) => serde_json::Number::from_f64(*f)
+            .map(Value::Number)
+            .unwrap_or(Value::Null),
+        toml::Value::Boolean(b) => Value::Bool(*b),
+        toml::Value::Datetime(d) => Value::String(d.to_string()),
+        toml::Value::Array(items) => Value::Array(items.iter().map(toml_to_json).collect()),
+        toml::Value::Table(t) => Value::Object(
+            t.iter()
+                .map(|(k, v)| (k.clone(), toml_to_json(v)))
+                .collect(),
+        ),
+    }
+}
+
+/// A TOML datetime or RFC 3339 string as UTC. A date alone is midnight UTC; a local date-time
+/// is taken as UTC (DESIGN §3: "UTC unless a zone is given").
+fn parse_date(value: &toml::Value) -> Result<DateTime<Utc>, String> {
+    let text = match value {
+        toml::Value::Datetime(d) => d.to_string(),
+        toml::Value::String(s) => s.clone(),
+        _ => return Err("must be a date-time such as 2024-01-01T00:00:00Z".into()),
+    };
+    let candidates = [
+        text.clone(),
+        format!("{text}Z"),
+        format!("{text}T00:00:00Z"),
+    ];
+    candidates
+        .iter()
+        .find_map(|c| DateTime::parse_from_rfc3339(c).ok())
+        .map(|t| crate::time::truncate(t.with_timezone(&Utc)))
+        .ok_or_else(|| format!("`{text}` is not a date-time such as 2024-01-01T00:00:00Z"))
+}
+
+fn validate(sources: &[Source], registry: &ProviderRegistry) -> Result<SyncPlan, DefinitionErrors> {
+    let mut errors: Vec<DefinitionError> = Vec::new();
+    let mut plan = SyncPlan::default();
+    // Where each name was first defined, to point at both places of a duplicate.
+    let mut asset_at: HashMap<String, (String, usize)> = HashMap::new();
+    let mut uri_at: HashMap<String, (String, String, usize)> = HashMap::new();
+    let mut dag_at: HashMap<String, (String, usize)> = HashMap::new();
+    // DAG expressions are checked against all assets once every file is read.
+    let mut pending_refs: Vec<(usize, &Source, Range<usize>, BTreeSet<String>)> = Vec::new();
+
+    for source in sources {
+        let doc: FileDoc = match toml::from_str(&source.text) {
+            Ok(doc) => doc,
+            Err(e) => {
+                let line = e.span().map(|s| source.line_of(s)).unwrap_or(1);
+                errors.push(DefinitionError {
+                    file: source.file.clone(),
+                    line,
+                    message: e.message().trim().replace('\n', " "),
+                });
+                continue;
+            }
+        };
+
+        for asset in &doc.asset {
+            let asset = asset.get_ref();
+            let name = asset.name.get_ref().trim().to_string();
+            let name_line = source.line_of(asset.name.span());
+            if name.is_empty() {
+                errors.push(source.error(asset.name.span(), "asset: `name` must not be empty"));
+                continue;
+            }
+            if let Some((file, line)) = asset_at.get(&name) {
+                errors.push(source.error(
+                    asset.name.span(),
+                    format!("asset `{name}`: `name` is already defined at {file}:{line}"),
+                ));
+                continue;
+            }
+            asset_at.insert(name.clone(), (source.file.clone(), name_line));
+            let uri = asset
+                .uri
+                .as_ref()
+                .map(|u| u.get_ref().trim().to_string())
+                .unwrap_or_else(|| name.clone());
+            if uri.is_empty() {
+                if let Some(u) = &asset.uri {
+                    errors.push(
+                        source.error(u.span(), format!("asset `{name}`: `uri` must not be empty")),
+                    );
+                }
+            }
+            let uri_span = asset
+                .uri
+                .as_ref()
+                .map(|u| u.span())
+                .unwrap_or(asset.name.span());
+            if let Some((other, file, line)) = uri_at.get(&uri) {
+                errors.push(source.error(
+                    uri_span,
+                    format!("asset `{name}`: `uri` `{uri}` is already used by asset `{other}` at {file}:{line}"),
+                ));
+            } else {
+                uri_at.insert(uri.clone(), (name.clone(), source.file.clone(), name_line));
+            }
+
+            let mut watchers = Vec::new();
+            let mut watcher_names: HashMap<String, usize> = HashMap::new();
+            for watcher in &asset.watcher {
+                let w = watcher.get_ref();
+                let wname = w.name.get_ref().trim().to_string();
+                let ctx = format!("asset `{name}`, watcher `{wname}`");
+                if wname.is_empty() {
+                    errors.push(source.error(
+                        w.name.span(),
+                        format!("asset `{name}`: watcher `name` must not be empty"),
+                    ));
+                    continue;
+                }
+                if let Some(line) = watcher_names.get(&wname) {
+                    errors.push(source.error(
+                        w.name.span(),
+                        format!("{ctx}: `name` is already used by another watcher of this asset (line {line})"),
+                    ));
+                    continue;
+                }
+                watcher_names.insert(wname.clone(), source.line_of(w.name.span()));
+                let classpath = w.classpath.get_ref().trim();
+                let (kwargs, kwargs_span) = match &w.kwargs {
+                    Some(k) => (
+                        toml_to_json(&toml::Value::Table(k.get_ref().clone())),
+                        k.span(),
+                    ),
+                    None => (Value::Object(Default::default()), watcher.span()),
+                };
+                let resolved = match registry.resolve_watcher(classpath, &kwargs) {
+                    Ok(resolved) => resolved,
+                    Err(WatcherError::UnknownClasspath(_)) => {
+                        errors.push(source.error(
+                            w.classpath.span(),
+                            format!(
+                                "{ctx}: `classpath`: unknown classpath `{classpath}`; this build knows: {}",
+                                registry.canonical_classpaths().join(", ")
+                            ),
+                        ));
+                        continue;
+                    }
+                    Err(WatcherError::Kwargs(e)) => {
+                        errors.push(source.error(kwargs_span, format!("{ctx}: {e}")));
+                        continue;
+                    }
+                };
+                let (canonical, kwargs) = (resolved.classpath, resolved.kwargs);
+                watchers.push(WatcherPlan {
+                    name: wname,
+                    classpath: canonical.to_string(),
+                    kwargs: canonical_json(&kwargs),
+                    hash: trigger_hash(canonical, &kwargs),
+                });
+            }
+            plan.assets.push(AssetPlan {
+                name,
+                uri,
+                fileloc: source.file.clone(),
+                watchers,
+            });
+        }
+
+        for dag in &doc.dag {
+            let d = dag.get_ref();
+            let dag_id = d.dag_id.get_ref().trim().to_string();
+            if dag_id.is_empty() {
+                errors.push(source.error(d.dag_id.span(), "dag: `dag_id` must not be empty"));
+                continue;
+            }
+            if let Some((file, line)) = dag_at.get(&dag_id) {
+                errors.push(source.error(
+                    d.dag_id.span(),
+                    format!("dag `{dag_id}`: `dag_id` is already defined at {file}:{line}"),
+                ));
+                continue;
+            }
+            dag_at.insert(
+                dag_id.clone(),
+                (source.file.clone(), source.line_of(d.dag_id.span())),
+            );
+            let ctx = format!("dag `{dag_id}`");
+
+            let schedule = match &d.schedule {
+                None => None,
+                Some(s) => match schedule::parse(&toml_to_json(s.get_ref())) {
+                    Ok(parsed) => Some((parsed, s.span())),
+                    Err(e) => {
+                        errors.push(source.error(s.span(), format!("{ctx}: `schedule`: {e}")));
+                        continue;
+                    }
+                },
+            };
+            let mut date = |field: &str, v: &Option<Spanned<toml::Value>>| match v {
+                None => None,
+                Some(v) => match parse_date(v.get_ref()) {
+                    Ok(t) => Some(t),
+                    Err(e) => {
+                        errors.push(source.error(v.span(), format!("{ctx}: `{field}` {e}")));
+                        None
+                    }
+                },
+            };
+            let start_date = date("start_date", &d.start_date);
+            let end_date = date("end_date", &d.end_date);
+            if let (Some(start), Some(end), Some(span)) =
+                (start_date, end_date, d.end_date.as_ref().map(|e| e.span()))
+            {
+                if end < start {
+                    errors.push(
+                        source.error(span, format!("{ctx}: `end_date` is before `start_date`")),
+                    );
+                }
+            }
+            let max_active_runs = match &d.max_active_runs {
+                Some(m) if *m.get_ref() < 1 => {
+                    errors.push(source.error(
+                        m.span(),
+                        format!("{ctx}: `max_active_runs` must be at least 1"),
+                    ));
+                    DEFAULT_MAX_ACTIVE_RUNS
+                }
+                Some(m) => *m.get_ref(),
+                None => DEFAULT_MAX_ACTIVE_RUNS,
+            };
+            let (json, summary, expr) = match &schedule {
+                Some((s, span)) => {
+                    if let Some(expr) = s.assets() {
+                        pending_refs.push((plan.dags.len(), source, span.clone(), expr.assets()));
+                    }
+                    (
+                        Some(s.json.clone()),
+                        s.summary.clone(),
+                        s.assets().map(ToString::to_string),
+                    )
+                }
+                None => (None, "None".to_string(), None),
+            };
+            plan.dags.push(DagPlan {
+                dag_id,
+                fileloc: source.file.clone(),
+                schedule: json,
+                timetable_summary: summary,
+                assets: schedule
+                    .as_ref()
+                    .and_then(|(s, _)| s.assets())
+                    .map(|e| e.assets())
+                    .unwrap_or_default(),
+                asset_expression: expr,
+                start_date,
+                end_date,
+                catchup: d.catchup.unwrap_or(false),
+                max_active_runs,
+                is_paused_upon_creation: d.is_paused_upon_creation.unwrap_or(false),
+                asset_gated: schedule
+                    .as_ref()
+                    .is_some_and(|(s, _)| s.timetable.asset_gate().is_some()),
+            });
+        }
+    }
+
+    for (dag_index, source, span, names) in pending_refs {
+        for name in names {
+            if !asset_at.contains_key(&name) {
+                errors.push(source.error(
+                    span.clone(),
+                    format!(
+                        "dag `{}`: `schedule`: unknown asset `{name}` in `assets`; define it with [[asset]] name = \"{name}\"",
+                        plan.dags[dag_index].dag_id
+                    ),
+                ));
+            }
+        }
+    }
+
+    if errors.is_empty() {
+        Ok(plan)
+    } else {
+        errors.sort_by(|a, b| (&a.file, a.line).cmp(&(&b.file, b.line)));
+        Err(DefinitionErrors(errors))
+    }
+}
+
+/// Reports whether `path` is one `dags sync` would read, for the file watcher behind `--dags`.
+pub fn is_definition_file(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e == "toml")
+}

@@ -1,0 +1,144 @@
+//! The providers compiled into this binary, in one explicit list ([`builtin_providers`]), and
+//! lookup by classpath (Airflow aliases included). Adding a provider is one line here plus a
+//! cargo feature; nothing registers itself.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use serde_json::Value;
+use thiserror::Error;
+use triggerer_sdk::{KwargsError, Provider};
+
+/// A watcher as the triggerer will run it.
+#[derive(Clone)]
+pub struct ResolvedWatcher {
+    /// The canonical classpath of the provider that runs it (what is stored).
+    pub classpath: &'static str,
+    pub provider: Arc<dyn Provider>,
+    /// The provider's kwargs (for a `MessageQueueTrigger`, derived from its URI or scheme).
+    pub kwargs: Value,
+}
+
+/// Why a watcher cannot run in this build.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum WatcherError {
+    #[error("unknown classpath `{0}`")]
+    UnknownClasspath(String),
+    #[error(transparent)]
+    Kwargs(#[from] KwargsError),
+}
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum RegistryError {
+    #[error("classpath `{classpath}` is claimed by both `{first}` and `{second}`")]
+    DuplicateClasspath {
+        classpath: String,
+        first: &'static str,
+        second: &'static str,
+    },
+}
+
+/// Providers by classpath.
+#[derive(Clone, Default)]
+pub struct ProviderRegistry {
+    providers: Vec<Arc<dyn Provider>>,
+    by_classpath: HashMap<&'static str, usize>,
+}
+
+impl std::fmt::Debug for ProviderRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.providers.iter().map(|p| p.name()))
+            .finish()
+    }
+}
+
+impl ProviderRegistry {
+    pub fn register(&mut self, provider: impl Provider) -> Result<(), RegistryError> {
+        let index = self.providers.len();
+        for classpath in provider.classpaths() {
+            if let Some(&other) = self.by_classpath.get(classpath) {
+                return Err(RegistryError::DuplicateClasspath {
+                    classpath: classpath.to_string(),
+                    first: self.providers[other].name(),
+                    second: provider.name(),
+                });
+            }
+            self.by_classpath.insert(classpath, index);
+        }
+        self.providers.push(Arc::new(provider));
+        Ok(())
+    }
+
+    /// The provider answering to `classpath`, and the canonical classpath to store.
+    pub fn resolve(&self, classpath: &str) -> Option<(&'static str, &Arc<dyn Provider>)> {
+        let provider = &self.providers[*self.by_classpath.get(classpath)?];
+        let canonical = provider.classpaths().first().copied()?;
+        Some((canonical, provider))
+    }
+
+    /// Resolves a watcher's `(classpath, kwargs)` to the provider that runs it, its canonical
+    /// classpath and its kwargs, validated without I/O. A `MessageQueueTrigger` resolves to the
+    /// provider serving its `scheme` or `queue` URI (with the `msgqueue` feature).
+    pub fn resolve_watcher(
+        &self,
+        classpath: &str,
+        kwargs: &Value,
+    ) -> Result<ResolvedWatcher, WatcherError> {
+        #[cfg(feature = "msgqueue")]
+        if triggerer_provider_msgqueue::CLASSPATHS.contains(&classpath) {
+            let (provider, kwargs) = triggerer_provider_msgqueue::resolve(&self.providers, kwargs)?;
+            let canonical = provider
+                .classpaths()
+                .first()
+                .copied()
+                .ok_or_else(|| WatcherError::UnknownClasspath(classpath.to_string()))?;
+            return Ok(ResolvedWatcher {
+                classpath: canonical,
+                provider,
+                kwargs,
+            });
+        }
+        let (canonical, provider) = self
+            .resolve(classpath)
+            .ok_or_else(|| WatcherError::UnknownClasspath(classpath.to_string()))?;
+        provider.validate(kwargs)?;
+        Ok(ResolvedWatcher {
+            classpath: canonical,
+            provider: provider.clone(),
+            kwargs: kwargs.clone(),
+        })
+    }
+
+    /// Canonical classpaths, for error messages that list what is available.
+    pub fn canonical_classpaths(&self) -> Vec<&'static str> {
+        #[allow(unused_mut)]
+        let mut all: Vec<&'static str> = self
+            .providers
+            .iter()
+            .filter_map(|p| p.classpaths().first().copied())
+            .collect();
+        #[cfg(feature = "msgqueue")]
+        all.extend(triggerer_provider_msgqueue::CLASSPATHS.first());
+        all
+    }
+}
+
+/// Every provider this binary was built with.
+pub fn builtin_providers() -> ProviderRegistry {
+    #[allow(unused_mut)]
+    let mut registry = ProviderRegistry::default();
+    #[cfg(feature = "file")]
+    registry
+        .register(triggerer_provider_file::FileProvider::default())
+        .expect("built-in providers claim distinct classpaths");
+    #[cfg(feature = "kafka")]
+    registry
+        .register(triggerer_provider_kafka::KafkaProvider::default())
+        .expect("built-in providers claim distinct classpaths");
+    #[cfg(feature = "sqs")]
+    registry
+        .register(triggerer_provider_sqs::SqsProvider::default())
+        .expect("built-in providers claim distinct classpaths");
+    registry
+}

@@ -1,0 +1,319 @@
+//! The scheduler core (`triggerer scheduler`): creates the scheduled runs of time-due DAGs,
+//! the asset-triggered runs of asset-ready DAGs, and starts queued runs under
+//! `max_active_runs`. Time-due and asset-ready DAGs are selected by separate queries with their
+//! own per-pass limits, so neither starves the other. Each pass is a function of the store and
+//! a clock, so `--once --now T` replays what a live scheduler would do at T. This module decides
+//! (timetables, asset expressions); the store only executes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tracing::{info, warn};
+use triggerer_sdk::CancellationToken;
+
+use std::collections::BTreeSet;
+
+use crate::asset_expression::AssetExpr;
+use crate::definitions::schedule::timetable_of;
+use crate::store::{AssetCondition, DagTiming, SlotOutcome, SlotPolicy, Store, StoreError};
+use crate::timetable::{DagRunInfo, Timetable};
+
+pub use crate::store::SCHEDULER_JOB;
+
+#[derive(Debug, Clone)]
+pub struct SchedulerOptions {
+    /// Run passes until nothing more is due, then return.
+    pub once: bool,
+    /// Freeze the clock at this instant.
+    pub now: Option<DateTime<Utc>>,
+    pub pass_interval: Duration,
+    pub heartbeat_interval: Duration,
+    /// Most scheduled runs created in one pass (Airflow's `max_dagruns_to_create_per_loop`).
+    pub max_scheduled_per_pass: i64,
+}
+
+impl Default for SchedulerOptions {
+    fn default() -> Self {
+        Self {
+            once: false,
+            now: None,
+            pass_interval: Duration::from_secs(1),
+            heartbeat_interval: Duration::from_secs(5),
+            max_scheduled_per_pass: 100,
+        }
+    }
+}
+
+/// What one pass did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PassReport {
+    pub scheduled_created: usize,
+    /// Due slots skipped because a run for their logical date existed already.
+    pub slots_advanced: usize,
+    pub asset_triggered_created: usize,
+    pub started: usize,
+}
+
+impl PassReport {
+    pub fn did_work(&self) -> bool {
+        self.scheduled_created + self.slots_advanced + self.asset_triggered_created + self.started
+            > 0
+    }
+}
+
+/// Runs scheduling passes: every `pass_interval`, and at once when `wake` is notified (the
+/// writer does after each commit, so a run follows its event within a pass).
+pub async fn run(
+    store: Store,
+    options: SchedulerOptions,
+    shutdown: CancellationToken,
+    wake: Arc<Notify>,
+) -> Result<(), StoreError> {
+    let hostname = gethostname::gethostname().to_string_lossy().into_owned();
+    let job_id = store.create_job(SCHEDULER_JOB, &hostname).await?;
+    info!(job_id, "scheduler started");
+    // Align every DAG's next slot with this scheduler's clock, as a DAG-processor parse would.
+    refresh_next_dagruns(&store, options.now.unwrap_or_else(crate::time::now)).await?;
+    let mut last_heartbeat = Instant::now();
+    loop {
+        let now = options.now.unwrap_or_else(crate::time::now);
+        // A pass that did work may have left more due (a catchup backlog creates one slot per
+        // DAG per pass): go again at once. An idle scheduler waits for the next tick or commit.
+        let busy = match pass(&store, now, Some(job_id), options.max_scheduled_per_pass).await {
+            Ok(report) if report.did_work() => {
+                info!(
+                    scheduled = report.scheduled_created,
+                    asset_triggered = report.asset_triggered_created,
+                    started = report.started,
+                    "scheduling pass"
+                );
+                true
+            }
+            Ok(_) if options.once => break,
+            Ok(_) => false,
+            Err(e) if options.once => return Err(e),
+            Err(e) => {
+                warn!(error = %e, "scheduling pass failed; retrying next pass");
+                false
+            }
+        };
+        if last_heartbeat.elapsed() >= options.heartbeat_interval {
+            if let Err(e) = store.heartbeat(job_id).await {
+                warn!(error = %e, "scheduler heartbeat failed");
+            }
+            last_heartbeat = Instant::now();
+        }
+        if shutdown.is_cancelled() {
+            break;
+        }
+        if busy {
+            continue;
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = wake.notified() => {}
+            _ = tokio::time::sleep(options.pass_interval) => {}
+        }
+    }
+    store.end_job(job_id).await?;
+    info!("scheduler stopped");
+    Ok(())
+}
+
+/// The timetable of a stored DAG; a schedule that no longer parses (written by another
+/// version) is logged and treated as no schedule until the next sync.
+pub fn timetable_for(dag: &DagTiming) -> Timetable {
+    timetable_of(dag.schedule.as_ref()).unwrap_or_else(|e| {
+        warn!(dag_id = %dag.dag_id, error = %e, "stored schedule does not parse; re-run `dags sync`");
+        Timetable::Null
+    })
+}
+
+/// Recomputes every DAG's next slot from its latest automated run at `now` (what Airflow's
+/// DAG processor does on each parse). A due slot of an asset-and-time DAG is kept: it waits for
+/// its assets and is never skipped.
+pub async fn refresh_next_dagruns(store: &Store, now: DateTime<Utc>) -> Result<(), StoreError> {
+    let last = store.last_automated_intervals().await?;
+    let mut updates = Vec::new();
+    for dag in store.dag_timings().await? {
+        let timetable = timetable_for(&dag);
+        let waiting =
+            timetable.asset_gate().is_some() && dag.next.is_some_and(|slot| slot.run_after <= now);
+        if waiting {
+            continue;
+        }
+        let next = timetable.next_dagrun_info(last.get(&dag.dag_id).copied(), dag.restriction, now);
+        if next != dag.next {
+            updates.push((dag.dag_id, next));
+        }
+    }
+    store.set_next_dagruns(&updates).await
+}
+
+/// Creates the run of `dag`'s due slot. Without catchup the slot is first re-aligned with
+/// `now` (a slot left behind while the DAG was blocked or paused is replaced by the latest
+/// one, as Airflow's continual re-parsing does); an asset-and-time slot is never re-aligned:
+/// it waits for its assets.
+async fn create_due_run(
+    store: &Store,
+    dag: &DagTiming,
+    now: DateTime<Utc>,
+    job_id: Option<i64>,
+) -> Result<SlotOutcome, StoreError> {
+    let timetable = timetable_for(dag);
+    let restriction = dag.restriction;
+    let Some(mut slot) = dag.next else {
+        return Ok(SlotOutcome::Skipped);
+    };
+    if !restriction.catchup && timetable.asset_gate().is_none() {
+        let last = store.last_automated_interval(&dag.dag_id).await?;
+        let fresh = timetable.next_dagrun_info(last, restriction, now);
+        if fresh != Some(slot) {
+            store
+                .set_next_dagruns(&[(dag.dag_id.clone(), fresh)])
+                .await?;
+            match fresh {
+                Some(f) if f.run_after <= now => slot = f,
+                _ => return Ok(SlotOutcome::Skipped),
+            }
+        }
+    }
+    let next_after = |interval| timetable.next_dagrun_info(Some(interval), restriction, now);
+    let gate_expr = timetable.asset_gate();
+    let gate = |names: &BTreeSet<String>| gate_expr.is_some_and(|e| e.evaluate(names));
+    let policy = SlotPolicy {
+        next_after: &next_after,
+        gate: gate_expr.map(|_| &gate as &AssetCondition<'_>),
+        max_active_runs: timetable
+            .active_runs_limit()
+            .map_or(dag.max_active_runs, |l| l.min(dag.max_active_runs)),
+    };
+    store
+        .create_scheduled_run(&dag.dag_id, slot, &policy, job_id)
+        .await
+}
+
+/// The next `n` automated runs of `dag` from its stored next slot (or, with `at`, recomputed
+/// at that instant from its latest automated run).
+pub async fn next_runs(
+    store: &Store,
+    dag_id: &str,
+    n: usize,
+    at: Option<DateTime<Utc>>,
+) -> Result<Vec<DagRunInfo>, StoreError> {
+    let dag = store.dag_timing(dag_id).await?;
+    let timetable = timetable_for(&dag);
+    let now = at.unwrap_or_else(crate::time::now);
+    let first = match at {
+        Some(at) => {
+            let last = store.last_automated_intervals().await?.remove(dag_id);
+            timetable.next_dagrun_info(last, dag.restriction, at)
+        }
+        None => dag.next,
+    };
+    let mut out: Vec<DagRunInfo> = first.into_iter().collect();
+    while out.len() < n {
+        let Some(prev) = out.last() else { break };
+        match timetable.next_dagrun_info(Some(prev.data_interval), dag.restriction, now) {
+            Some(info) if info.run_after > prev.run_after => out.push(info),
+            _ => break,
+        }
+    }
+    out.truncate(n);
+    Ok(out)
+}
+
+/// The slots of `timetable` whose logical dates fall in `[from, to]`, at most `limit`.
+pub fn backfill_slots(
+    timetable: &Timetable,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    limit: usize,
+) -> Result<Vec<DagRunInfo>, String> {
+    if !timetable.is_periodic() || matches!(timetable, Timetable::Once | Timetable::Continuous) {
+        return Err("this DAG has no periodic time schedule to backfill (cron or every)".into());
+    }
+    if to < from {
+        return Err("--to is before --from".into());
+    }
+    let restriction = crate::timetable::TimeRestriction {
+        earliest: Some(from),
+        latest: Some(to),
+        catchup: true,
+    };
+    let mut slots: Vec<DagRunInfo> = Vec::new();
+    while let Some(info) =
+        timetable.next_dagrun_info(slots.last().map(|s| s.data_interval), restriction, to)
+    {
+        if info.logical_date() > to || slots.last().is_some_and(|s| info.run_after <= s.run_after) {
+            break;
+        }
+        if slots.len() == limit {
+            return Err(format!(
+                "the range holds more than {limit} runs; backfill a shorter range"
+            ));
+        }
+        slots.push(info);
+    }
+    Ok(slots)
+}
+
+/// One scheduling pass at `now`: scheduled runs of time-due DAGs (at most `max_scheduled`),
+/// asset-triggered runs of every asset-ready DAG, then queued runs started.
+pub async fn pass(
+    store: &Store,
+    now: DateTime<Utc>,
+    job_id: Option<i64>,
+    max_scheduled: i64,
+) -> Result<PassReport, StoreError> {
+    let mut report = PassReport::default();
+    for dag in store.due_dags(now, max_scheduled).await? {
+        match create_due_run(store, &dag, now, job_id).await {
+            Ok(SlotOutcome::Created(run_id)) => {
+                info!(dag_id = %dag.dag_id, %run_id, "scheduled run created");
+                report.scheduled_created += 1;
+            }
+            Ok(SlotOutcome::AlreadyExisted) => {
+                info!(dag_id = %dag.dag_id, "a run for the due slot exists; moved to the next slot");
+                report.slots_advanced += 1;
+            }
+            Ok(
+                SlotOutcome::Skipped | SlotOutcome::AtMaxActiveRuns | SlotOutcome::WaitingForAssets,
+            ) => {}
+            // One DAG's failure (say, a manual run that took the slot's logical date a moment
+            // earlier) must not hold up the others.
+            Err(e) if !e.is_transient() => {
+                warn!(dag_id = %dag.dag_id, error = %e, "cannot create the scheduled run; retrying next pass")
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    for dag in store.queued_dags().await? {
+        if dag.active_runs >= dag.max_active_runs {
+            continue;
+        }
+        let expr = match AssetExpr::parse(&dag.asset_expression) {
+            Ok(expr) => expr,
+            Err(e) => {
+                warn!(dag_id = %dag.dag_id, error = %e, "stored asset expression does not parse; re-run `dags sync`");
+                continue;
+            }
+        };
+        if !expr.evaluate(&dag.queued_assets) {
+            continue;
+        }
+        let ready = |names: &std::collections::BTreeSet<String>| expr.evaluate(names);
+        if let Some(run_id) = store
+            .create_asset_triggered_run(&dag.dag_id, job_id, &ready)
+            .await?
+        {
+            info!(dag_id = %dag.dag_id, %run_id, "asset-triggered run created");
+            report.asset_triggered_created += 1;
+        }
+    }
+    report.started = store.start_queued_runs(now).await?;
+    Ok(report)
+}

@@ -1,0 +1,289 @@
+//! Read models for the CLI's `list` commands, with the field names DESIGN §3 fixes, and the
+//! small writes the CLI makes directly (pause, asset lookup for `assets emit`).
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::Value;
+use sqlx::types::Json;
+use sqlx::Row;
+
+use super::{with_db, Result, Store, StoreError};
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct DagRow {
+    pub dag_id: String,
+    pub schedule: Option<Value>,
+    pub is_paused: bool,
+    pub catchup: bool,
+    pub max_active_runs: i64,
+    pub next_dagrun: Option<DateTime<Utc>>,
+    pub next_dagrun_create_after: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct AssetRow {
+    pub id: i64,
+    pub name: String,
+    pub uri: String,
+    pub watchers: Vec<String>,
+    pub consumers: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct EventRow {
+    pub id: i64,
+    pub asset: String,
+    pub uri: String,
+    pub timestamp: DateTime<Utc>,
+    pub extra: Value,
+    pub source: String,
+    pub dedup_key: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct TriggerRow {
+    pub id: i64,
+    pub classpath: String,
+    pub kwargs: Value,
+    pub hash: String,
+    pub triggerer_id: Option<i64>,
+    pub assets: Vec<String>,
+    pub last_event_at: Option<DateTime<Utc>>,
+    pub last_error: Option<String>,
+    pub last_error_at: Option<DateTime<Utc>>,
+    pub failure_count: i64,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct RunRow {
+    pub dag_id: String,
+    pub run_id: String,
+    pub run_type: String,
+    pub state: String,
+    pub logical_date: Option<DateTime<Utc>>,
+    pub data_interval_start: Option<DateTime<Utc>>,
+    pub data_interval_end: Option<DateTime<Utc>>,
+    pub run_after: DateTime<Utc>,
+    pub conf: Value,
+    pub consumed_events: Vec<i64>,
+}
+
+/// `LIMIT` for "the newest N rows"; `0` means all.
+fn limit_of(limit: u64) -> i64 {
+    if limit == 0 {
+        i64::MAX
+    } else {
+        i64::try_from(limit).unwrap_or(i64::MAX)
+    }
+}
+
+/// Splits a `string_agg`/`group_concat` list joined with the unit separator (U+001F), which
+/// names never contain.
+fn split_list(joined: Option<String>) -> Vec<String> {
+    let mut items: Vec<String> = joined
+        .map(|s| s.split('\u{1f}').map(str::to_string).collect())
+        .unwrap_or_default();
+    items.sort();
+    items
+}
+
+impl Store {
+    fn list_agg(&self, expr: &str) -> String {
+        match self.engine() {
+            super::Engine::Sqlite => format!("group_concat({expr}, char(31))"),
+            super::Engine::Postgres => format!("string_agg({expr}, chr(31))"),
+        }
+    }
+
+    pub async fn list_dags(&self) -> Result<Vec<DagRow>> {
+        with_db!(self, pool => {
+            let rows = sqlx::query(
+                "SELECT dag_id, schedule, is_paused, catchup, max_active_runs, next_dagrun, \
+                 next_dagrun_create_after FROM dag WHERE is_stale = FALSE ORDER BY dag_id",
+            )
+            .fetch_all(pool)
+            .await?;
+            rows.into_iter()
+                .map(|row| {
+                    Ok(DagRow {
+                        dag_id: row.try_get("dag_id")?,
+                        schedule: row.try_get::<Option<Json<Value>>, _>("schedule")?.map(|j| j.0),
+                        is_paused: row.try_get("is_paused")?,
+                        catchup: row.try_get("catchup")?,
+                        max_active_runs: row.try_get("max_active_runs")?,
+                        next_dagrun: row.try_get("next_dagrun")?,
+                        next_dagrun_create_after: row.try_get("next_dagrun_create_after")?,
+                    })
+                })
+                .collect()
+        })
+    }
+
+    /// Pauses or unpauses a DAG. A paused DAG gets no new runs and no queued events.
+    pub async fn set_paused(&self, dag_id: &str, paused: bool) -> Result<()> {
+        with_db!(self, pool => {
+            let n = sqlx::query("UPDATE dag SET is_paused = $1 WHERE dag_id = $2 AND is_stale = FALSE")
+                .bind(paused)
+                .bind(dag_id)
+                .execute(pool)
+                .await?
+                .rows_affected();
+            if n == 0 {
+                return Err(StoreError::NotFound(format!(
+                    "DAG `{dag_id}` not found; `triggerer dags list` shows the DAGs"
+                )));
+            }
+            Ok(())
+        })
+    }
+
+    pub async fn list_assets(&self) -> Result<Vec<AssetRow>> {
+        let watchers = self.list_agg("w.name");
+        let consumers = self.list_agg("r.dag_id");
+        with_db!(self, pool => {
+            let sql = format!(
+                "SELECT a.id, a.name, a.uri, \
+                 (SELECT {watchers} FROM asset_watcher w WHERE w.asset_id = a.id) AS watchers, \
+                 (SELECT {consumers} FROM dag_schedule_asset_reference r WHERE r.asset_id = a.id) AS consumers \
+                 FROM asset a WHERE a.is_active = TRUE ORDER BY a.name"
+            );
+            let rows = sqlx::query(&sql).fetch_all(pool).await?;
+            rows.into_iter()
+                .map(|row| {
+                    Ok(AssetRow {
+                        id: row.try_get("id")?,
+                        name: row.try_get("name")?,
+                        uri: row.try_get("uri")?,
+                        watchers: split_list(row.try_get("watchers")?),
+                        consumers: split_list(row.try_get("consumers")?),
+                    })
+                })
+                .collect()
+        })
+    }
+
+    /// The id of the active asset called `name`.
+    pub async fn asset_id(&self, name: &str) -> Result<i64> {
+        with_db!(self, pool => {
+            let id: Option<i64> = sqlx::query_scalar("SELECT id FROM asset WHERE name = $1 AND is_active = TRUE")
+                .bind(name)
+                .fetch_optional(pool)
+                .await?;
+            id.ok_or_else(|| {
+                StoreError::NotFound(format!(
+                    "asset `{name}` not found; `triggerer assets list` shows the assets"
+                ))
+            })
+        })
+    }
+
+    /// The newest `limit` events (0 = all), oldest first.
+    pub async fn list_events(&self, asset: Option<&str>, limit: u64) -> Result<Vec<EventRow>> {
+        with_db!(self, pool => {
+            let rows = sqlx::query(
+                "SELECT * FROM (SELECT e.id, a.name, a.uri, e.timestamp, e.extra, e.source, e.dedup_key \
+                 FROM asset_event e JOIN asset a ON a.id = e.asset_id \
+                 WHERE ($1 IS NULL OR a.name = $1) ORDER BY e.id DESC LIMIT $2) t ORDER BY id",
+            )
+            .bind(asset)
+            .bind(limit_of(limit))
+            .fetch_all(pool)
+            .await?;
+            rows.into_iter()
+                .map(|row| {
+                    Ok(EventRow {
+                        id: row.try_get("id")?,
+                        asset: row.try_get("name")?,
+                        uri: row.try_get("uri")?,
+                        timestamp: row.try_get("timestamp")?,
+                        extra: row.try_get::<Json<Value>, _>("extra")?.0,
+                        source: row.try_get("source")?,
+                        dedup_key: row.try_get("dedup_key")?,
+                    })
+                })
+                .collect()
+        })
+    }
+
+    pub async fn list_triggers(&self) -> Result<Vec<TriggerRow>> {
+        let assets = self.list_agg("a.name");
+        with_db!(self, pool => {
+            let sql = format!(
+                "SELECT t.id, t.classpath, t.kwargs, t.hash, t.triggerer_id, t.last_event_at, \
+                 t.last_error, t.last_error_at, t.failure_count, \
+                 (SELECT {assets} FROM asset_watcher w JOIN asset a ON a.id = w.asset_id \
+                  WHERE w.trigger_id = t.id) AS assets \
+                 FROM trigger t ORDER BY t.id"
+            );
+            let rows = sqlx::query(&sql).fetch_all(pool).await?;
+            rows.into_iter()
+                .map(|row| {
+                    let kwargs: String = row.try_get("kwargs")?;
+                    Ok(TriggerRow {
+                        id: row.try_get("id")?,
+                        classpath: row.try_get("classpath")?,
+                        kwargs: serde_json::from_str(&kwargs).unwrap_or(Value::String(kwargs)),
+                        hash: row.try_get("hash")?,
+                        triggerer_id: row.try_get("triggerer_id")?,
+                        assets: split_list(row.try_get("assets")?),
+                        last_event_at: row.try_get("last_event_at")?,
+                        last_error: row.try_get("last_error")?,
+                        last_error_at: row.try_get("last_error_at")?,
+                        failure_count: row.try_get("failure_count")?,
+                    })
+                })
+                .collect()
+        })
+    }
+
+    /// The newest `limit` runs (0 = all), oldest first, with the events each consumed.
+    pub async fn list_runs(
+        &self,
+        dag_id: Option<&str>,
+        state: Option<&str>,
+        limit: u64,
+    ) -> Result<Vec<RunRow>> {
+        let consumed = match self.engine() {
+            super::Engine::Sqlite => "group_concat(event_id, ',')",
+            super::Engine::Postgres => "string_agg(event_id::text, ',')",
+        };
+        with_db!(self, pool => {
+            let sql = format!(
+                "SELECT * FROM (SELECT r.id, r.dag_id, r.run_id, r.run_type, r.state, r.logical_date, \
+                 r.data_interval_start, r.data_interval_end, r.run_after, r.conf, \
+                 (SELECT {consumed} FROM dagrun_asset_event x WHERE x.dag_run_id = r.id) AS consumed \
+                 FROM dag_run r WHERE ($1 IS NULL OR r.dag_id = $1) AND ($2 IS NULL OR r.state = $2) \
+                 ORDER BY r.id DESC LIMIT $3) t ORDER BY id"
+            );
+            let rows = sqlx::query(&sql)
+                .bind(dag_id)
+                .bind(state)
+                .bind(limit_of(limit))
+                .fetch_all(pool)
+                .await?;
+            rows.into_iter()
+                .map(|row| {
+                    let consumed: Option<String> = row.try_get("consumed")?;
+                    let mut consumed_events: Vec<i64> = consumed
+                        .unwrap_or_default()
+                        .split(',')
+                        .filter_map(|s| s.parse().ok())
+                        .collect();
+                    consumed_events.sort_unstable();
+                    Ok(RunRow {
+                        dag_id: row.try_get("dag_id")?,
+                        run_id: row.try_get("run_id")?,
+                        run_type: row.try_get("run_type")?,
+                        state: row.try_get("state")?,
+                        logical_date: row.try_get("logical_date")?,
+                        data_interval_start: row.try_get("data_interval_start")?,
+                        data_interval_end: row.try_get("data_interval_end")?,
+                        run_after: row.try_get("run_after")?,
+                        conf: row.try_get::<Json<Value>, _>("conf")?.0,
+                        consumed_events,
+                    })
+                })
+                .collect()
+        })
+    }
+}

@@ -1,0 +1,223 @@
+//! The database: connecting, migrating, and every SQL statement the service runs.
+//!
+//! Two engines, one code path. Each query is written once in SQL both SQLite and PostgreSQL
+//! accept (`$n` placeholders, `ON CONFLICT`, `RETURNING`) and compiled for both pools by
+//! [`with_db!`]; the only dialect switch is row locking ([`Store::skip_locked`]). Submodules
+//! group statements by who calls them. This module owns transactions and their boundaries; it
+//! must not decide policy (what is due, what is ready): callers pass that in.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{PgPool, SqlitePool};
+use thiserror::Error;
+
+mod cli;
+mod events;
+mod runs;
+mod schedule;
+mod sync;
+mod triggers;
+
+pub use cli::{AssetRow, DagRow, EventRow, RunRow, TriggerRow};
+pub use events::{NewEvent, Origin};
+pub use runs::{ManualRun, QueuedDag};
+pub use schedule::{BackfillReport, DagTiming, SlotOutcome, SlotPolicy};
+pub use sync::{AssetPlan, DagPlan, SyncPlan, SyncReport, WatcherPlan};
+pub use triggers::{AssignedTrigger, SCHEDULER_JOB, TRIGGERER_JOB};
+
+/// A caller's asset condition, asked with the names of the assets a DAG has queued events for
+/// (re-checked by the store on the rows it locked).
+pub type AssetCondition<'a> = dyn Fn(&std::collections::BTreeSet<String>) -> bool + Sync + 'a;
+
+/// Most rows bound into one statement; keeps every engine under its bind-parameter limit.
+const CHUNK: usize = 500;
+
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Sqlx(#[from] sqlx::Error),
+    #[error("migrating the database failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("unsupported database URL `{0}`: use sqlite://PATH or postgres://USER@HOST/DB")]
+    UnsupportedUrl(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+}
+
+impl StoreError {
+    /// A connection-level failure worth retrying (database restarting, network blip), as opposed
+    /// to a statement the database refused.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Sqlx(
+                sqlx::Error::Io(_)
+                    | sqlx::Error::PoolTimedOut
+                    | sqlx::Error::PoolClosed
+                    | sqlx::Error::Tls(_)
+                    | sqlx::Error::Protocol(_)
+                    | sqlx::Error::WorkerCrashed
+            )
+        ) || self.to_string().contains("database is locked")
+    }
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+#[derive(Debug, Clone)]
+pub(crate) enum Db {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// Runs `$body` with `$pool` bound to the concrete pool, so one body serves both engines.
+macro_rules! with_db {
+    ($store:expr, $pool:ident => $body:expr) => {
+        match &$store.db {
+            $crate::store::Db::Sqlite($pool) => $body,
+            $crate::store::Db::Postgres($pool) => $body,
+        }
+    };
+}
+pub(crate) use with_db;
+
+/// Stores `$info: Option<DagRunInfo>` as `$dag_id`'s next slot, on `$conn` (a transaction).
+macro_rules! store_next_dagrun {
+    ($conn:expr, $dag_id:expr, $info:expr) => {{
+        let info: Option<$crate::timetable::DagRunInfo> = $info;
+        sqlx::query(
+            "UPDATE dag SET next_dagrun = $1, next_dagrun_data_interval_start = $2, \
+             next_dagrun_data_interval_end = $3, next_dagrun_create_after = $4 WHERE dag_id = $5",
+        )
+        .bind(info.map(|i| i.logical_date()))
+        .bind(info.map(|i| i.data_interval.start))
+        .bind(info.map(|i| i.data_interval.end))
+        .bind(info.map(|i| i.run_after))
+        .bind($dag_id)
+        .execute($conn)
+        .await?;
+    }};
+}
+pub(crate) use store_next_dagrun;
+
+/// Links `$event_ids` to run `$dag_run_id` and removes exactly those queue rows of `$dag_id`:
+/// an event leaves the queue only in the transaction that gives it a run.
+macro_rules! consume_queued_events {
+    ($tx:expr, $dag_run_id:expr, $dag_id:expr, $event_ids:expr) => {{
+        for chunk in $event_ids.chunks($crate::store::CHUNK) {
+            let mut qb =
+                sqlx::QueryBuilder::new("INSERT INTO dagrun_asset_event (dag_run_id, event_id) ");
+            qb.push_values(chunk, |mut b, event_id| {
+                b.push_bind($dag_run_id).push_bind(*event_id);
+            });
+            qb.build().execute(&mut *$tx).await?;
+            let mut qb =
+                sqlx::QueryBuilder::new("DELETE FROM asset_dag_run_queue WHERE target_dag_id = ");
+            qb.push_bind($dag_id).push(" AND asset_event_id IN ");
+            $crate::store::push_in_list(&mut qb, chunk);
+            qb.build().execute(&mut *$tx).await?;
+        }
+    }};
+}
+pub(crate) use consume_queued_events;
+
+/// Which engine a store talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    Sqlite,
+    Postgres,
+}
+
+/// A handle on the database. Cheap to clone (pools are shared).
+#[derive(Debug, Clone)]
+pub struct Store {
+    pub(crate) db: Db,
+}
+
+impl Store {
+    /// Connects to `url` (`sqlite://PATH`, created if missing, or `postgres://…`) and applies
+    /// pending migrations.
+    pub async fn connect(url: &str) -> Result<Self> {
+        let db = if url.starts_with("sqlite:") {
+            // WAL lets readers (the CLI) run beside the writer; FULL makes every commit durable
+            // before the source is acknowledged, which is the point of committing first.
+            let options = SqliteConnectOptions::from_str(url)?
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Full)
+                .busy_timeout(Duration::from_secs(30))
+                .foreign_keys(true);
+            let pool = SqlitePoolOptions::new()
+                .max_connections(4)
+                .connect_with(options)
+                .await?;
+            sqlx::migrate!("migrations/sqlite").run(&pool).await?;
+            Db::Sqlite(pool)
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            let options = PgConnectOptions::from_str(url)?;
+            let pool = PgPoolOptions::new()
+                .max_connections(8)
+                .acquire_timeout(Duration::from_secs(10))
+                .connect_with(options)
+                .await?;
+            sqlx::migrate!("migrations/postgres").run(&pool).await?;
+            Db::Postgres(pool)
+        } else {
+            return Err(StoreError::UnsupportedUrl(url.to_string()));
+        };
+        Ok(Self { db })
+    }
+
+    pub fn engine(&self) -> Engine {
+        match self.db {
+            Db::Sqlite(_) => Engine::Sqlite,
+            Db::Postgres(_) => Engine::Postgres,
+        }
+    }
+
+    /// How every transaction of the store starts. All of them write; on SQLite, taking the
+    /// write lock up front (`IMMEDIATE`) makes a second writer wait out the busy timeout
+    /// instead of failing when a read-started transaction tries to upgrade its lock.
+    pub(crate) fn begin_write(&self) -> &'static str {
+        match self.engine() {
+            Engine::Sqlite => "BEGIN IMMEDIATE",
+            Engine::Postgres => "BEGIN",
+        }
+    }
+
+    /// Row-lock suffix for `SELECT`s that several processes may run at once. SQLite has one
+    /// writer per database, so it needs none.
+    pub(crate) fn skip_locked(&self) -> &'static str {
+        match self.engine() {
+            Engine::Sqlite => "",
+            // NO KEY UPDATE: our updates never touch keys, and it does not conflict with the
+            // KEY SHARE locks that inserts referencing the row (events, runs) take.
+            Engine::Postgres => " FOR NO KEY UPDATE SKIP LOCKED",
+        }
+    }
+
+    /// Waits for in-flight statements and closes the pool.
+    pub async fn close(&self) {
+        with_db!(self, pool => pool.close().await)
+    }
+}
+
+/// Appends `(v1, v2, …)` with one bind per value: the portable way to say `IN (…)` for a list.
+pub(crate) fn push_in_list<'a, DB, T>(qb: &mut sqlx::QueryBuilder<'a, DB>, values: &'a [T])
+where
+    DB: sqlx::Database,
+    &'a T: sqlx::Encode<'a, DB> + sqlx::Type<DB> + Send,
+    T: 'a,
+{
+    qb.push("(");
+    let mut list = qb.separated(", ");
+    for v in values {
+        list.push_bind(v);
+    }
+    list.push_unseparated(")");
+}

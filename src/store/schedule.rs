@@ -1,0 +1,373 @@
+//! Statements of time-based scheduling: the next-run bookkeeping on `dag`
+//! (`next_dagrun`, its data interval, `next_dagrun_create_after`), selecting time-due DAGs,
+//! creating the scheduled run of a due slot, and backfill runs. The timetable decisions come
+//! from the caller (as [`SlotPolicy`]); this module only reads, locks and writes.
+
+use std::collections::{BTreeSet, HashMap};
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::types::Json;
+use sqlx::Row;
+
+use super::{with_db, Result, Store, StoreError};
+use crate::timetable::{run_id, DagRunInfo, DataInterval, TimeRestriction};
+
+/// What the scheduler needs to know about a DAG's time schedule.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DagTiming {
+    pub dag_id: String,
+    pub schedule: Option<Value>,
+    pub restriction: TimeRestriction,
+    pub max_active_runs: i64,
+    pub is_paused: bool,
+    /// The stored next slot, if any.
+    pub next: Option<DagRunInfo>,
+}
+
+/// How to create the run of a due slot, decided by the caller's timetable.
+pub struct SlotPolicy<'a> {
+    /// The slot after a run with this data interval.
+    pub next_after: &'a (dyn Fn(DataInterval) -> Option<DagRunInfo> + Sync),
+    /// For `combine = "and"`: whether the queued asset names satisfy the condition.
+    pub gate: Option<&'a super::AssetCondition<'a>>,
+    /// `max_active_runs`, lowered by the timetable where it has its own limit.
+    pub max_active_runs: i64,
+}
+
+/// What happened to a due slot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SlotOutcome {
+    Created(String),
+    /// A run for the slot's logical date existed (manual or backfill): the slot moved on.
+    AlreadyExisted,
+    /// Another scheduler holds the DAG, it was paused, or the slot changed meanwhile.
+    Skipped,
+    /// `max_active_runs` is reached.
+    AtMaxActiveRuns,
+    /// The asset condition of an asset-and-time DAG does not hold yet: the slot waits.
+    WaitingForAssets,
+}
+
+/// What `dags backfill` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct BackfillReport {
+    pub created: usize,
+    pub skipped: usize,
+    pub requeued: usize,
+}
+
+fn next_from_row(
+    row_start: Option<DateTime<Utc>>,
+    row_end: Option<DateTime<Utc>>,
+    after: Option<DateTime<Utc>>,
+) -> Option<DagRunInfo> {
+    Some(DagRunInfo {
+        run_after: after?,
+        data_interval: DataInterval {
+            start: row_start?,
+            end: row_end?,
+        },
+    })
+}
+
+macro_rules! dag_timing_from_row {
+    ($row:expr) => {{
+        let row = $row;
+        DagTiming {
+            dag_id: row.try_get("dag_id")?,
+            schedule: row
+                .try_get::<Option<Json<Value>>, _>("schedule")?
+                .map(|j| j.0),
+            restriction: TimeRestriction {
+                earliest: row.try_get("start_date")?,
+                latest: row.try_get("end_date")?,
+                catchup: row.try_get("catchup")?,
+            },
+            max_active_runs: row.try_get("max_active_runs")?,
+            is_paused: row.try_get("is_paused")?,
+            next: next_from_row(
+                row.try_get("next_dagrun_data_interval_start")?,
+                row.try_get("next_dagrun_data_interval_end")?,
+                row.try_get("next_dagrun_create_after")?,
+            ),
+        }
+    }};
+}
+
+const TIMING_COLUMNS: &str =
+    "dag_id, schedule, start_date, end_date, catchup, max_active_runs, is_paused, \
+     next_dagrun_data_interval_start, next_dagrun_data_interval_end, next_dagrun_create_after";
+
+impl Store {
+    /// One live DAG's timing, or a [`StoreError::NotFound`] naming it.
+    pub async fn dag_timing(&self, dag_id: &str) -> Result<DagTiming> {
+        with_db!(self, pool => {
+            let row = sqlx::query(&format!(
+                "SELECT {TIMING_COLUMNS} FROM dag WHERE dag_id = $1 AND is_stale = FALSE"
+            ))
+            .bind(dag_id)
+            .fetch_optional(pool)
+            .await?;
+            match row {
+                Some(row) => Ok(dag_timing_from_row!(row)),
+                None => Err(StoreError::NotFound(format!(
+                    "DAG `{dag_id}` not found; `triggerer dags list` shows the DAGs"
+                ))),
+            }
+        })
+    }
+
+    /// Every live DAG's timing.
+    pub async fn dag_timings(&self) -> Result<Vec<DagTiming>> {
+        with_db!(self, pool => {
+            let rows = sqlx::query(&format!(
+                "SELECT {TIMING_COLUMNS} FROM dag WHERE is_stale = FALSE ORDER BY dag_id"
+            ))
+            .fetch_all(pool)
+            .await?;
+            rows.into_iter().map(|row| Ok(dag_timing_from_row!(row))).collect()
+        })
+    }
+
+    /// Unpaused DAGs whose next slot may be created at `now`, earliest first, at most `limit`.
+    /// DAGs at `max_active_runs`, and asset-and-time DAGs with nothing queued, are left out, so
+    /// slots that cannot run never crowd out DAGs that can.
+    pub async fn due_dags(&self, now: DateTime<Utc>, limit: i64) -> Result<Vec<DagTiming>> {
+        with_db!(self, pool => {
+            let rows = sqlx::query(&format!(
+                "SELECT {TIMING_COLUMNS} FROM dag WHERE is_paused = FALSE AND is_stale = FALSE \
+                 AND next_dagrun_create_after IS NOT NULL AND next_dagrun_create_after <= $1 \
+                 AND (timetable_asset_gated = FALSE OR EXISTS \
+                     (SELECT 1 FROM asset_dag_run_queue q WHERE q.target_dag_id = dag.dag_id)) \
+                 AND (SELECT count(*) FROM dag_run x WHERE x.dag_id = dag.dag_id \
+                      AND x.state IN ('queued', 'running') AND x.run_type <> 'backfill') < max_active_runs \
+                 ORDER BY next_dagrun_create_after, dag_id LIMIT $2"
+            ))
+            .bind(now)
+            .bind(limit)
+            .fetch_all(pool)
+            .await?;
+            rows.into_iter().map(|row| Ok(dag_timing_from_row!(row))).collect()
+        })
+    }
+
+    /// The data interval of each DAG's latest automated (scheduled or backfill) run: what
+    /// timetables continue from.
+    pub async fn last_automated_intervals(&self) -> Result<HashMap<String, DataInterval>> {
+        with_db!(self, pool => {
+            let rows = sqlx::query(
+                "SELECT r.dag_id, r.data_interval_start, r.data_interval_end FROM dag_run r \
+                 JOIN (SELECT dag_id, max(logical_date) AS latest FROM dag_run \
+                       WHERE run_type IN ('scheduled', 'backfill') AND logical_date IS NOT NULL \
+                       GROUP BY dag_id) m ON m.dag_id = r.dag_id AND m.latest = r.logical_date",
+            )
+            .fetch_all(pool)
+            .await?;
+            let mut out = HashMap::new();
+            for row in rows {
+                let start: Option<DateTime<Utc>> = row.try_get("data_interval_start")?;
+                let end: Option<DateTime<Utc>> = row.try_get("data_interval_end")?;
+                if let (Some(start), Some(end)) = (start, end) {
+                    out.insert(row.try_get("dag_id")?, DataInterval { start, end });
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    /// The data interval of `dag_id`'s latest automated run.
+    pub async fn last_automated_interval(&self, dag_id: &str) -> Result<Option<DataInterval>> {
+        with_db!(self, pool => {
+            let row = sqlx::query(
+                "SELECT data_interval_start, data_interval_end FROM dag_run \
+                 WHERE dag_id = $1 AND run_type IN ('scheduled', 'backfill') AND logical_date IS NOT NULL \
+                 ORDER BY logical_date DESC LIMIT 1",
+            )
+            .bind(dag_id)
+            .fetch_optional(pool)
+            .await?;
+            let Some(row) = row else { return Ok(None) };
+            let start: Option<DateTime<Utc>> = row.try_get("data_interval_start")?;
+            let end: Option<DateTime<Utc>> = row.try_get("data_interval_end")?;
+            Ok(start.zip(end).map(|(start, end)| DataInterval { start, end }))
+        })
+    }
+
+    /// Stores each DAG's next slot (`None` clears it).
+    pub async fn set_next_dagruns(&self, updates: &[(String, Option<DagRunInfo>)]) -> Result<()> {
+        with_db!(self, pool => {
+            let mut tx = pool.begin_with(self.begin_write()).await?;
+            for (dag_id, info) in updates {
+                super::store_next_dagrun!(&mut *tx, dag_id, *info);
+            }
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
+    /// Creates the SCHEDULED run of `dag_id`'s due slot `expected` (as [`Store::due_dags`] read
+    /// it), under the DAG's row lock, and moves the slot on. Several schedulers may call this at
+    /// once: one wins; the others find the slot moved and skip, so none creates a slot early.
+    pub async fn create_scheduled_run(
+        &self,
+        dag_id: &str,
+        expected: DagRunInfo,
+        policy: &SlotPolicy<'_>,
+        job_id: Option<i64>,
+    ) -> Result<SlotOutcome> {
+        let lock = self.skip_locked();
+        let now = crate::time::now();
+        with_db!(self, pool => {
+            let mut tx = pool.begin_with(self.begin_write()).await?;
+            let row = sqlx::query(&format!(
+                "SELECT is_paused, is_stale, next_dagrun_data_interval_start, \
+                 next_dagrun_data_interval_end, next_dagrun_create_after FROM dag WHERE dag_id = $1{lock}"
+            ))
+            .bind(dag_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let Some(row) = row else { return Ok(SlotOutcome::Skipped) };
+            let live = !row.try_get::<bool, _>("is_paused")? && !row.try_get::<bool, _>("is_stale")?;
+            let slot = next_from_row(
+                row.try_get("next_dagrun_data_interval_start")?,
+                row.try_get("next_dagrun_data_interval_end")?,
+                row.try_get("next_dagrun_create_after")?,
+            );
+            let Some(slot) = slot.filter(|s| live && *s == expected) else {
+                return Ok(SlotOutcome::Skipped);
+            };
+
+            let active: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM dag_run WHERE dag_id = $1 AND state IN ('queued', 'running') \
+                 AND run_type <> 'backfill'",
+            )
+            .bind(dag_id)
+            .fetch_one(&mut *tx)
+            .await?;
+            if active >= policy.max_active_runs {
+                return Ok(SlotOutcome::AtMaxActiveRuns);
+            }
+
+            let existing = sqlx::query(
+                "SELECT data_interval_start, data_interval_end FROM dag_run WHERE dag_id = $1 AND logical_date = $2",
+            )
+            .bind(dag_id)
+            .bind(slot.logical_date())
+            .fetch_optional(&mut *tx)
+            .await?;
+            let (outcome, interval) = match existing {
+                Some(run) => {
+                    let interval = DataInterval {
+                        start: run.try_get::<Option<DateTime<Utc>>, _>("data_interval_start")?.unwrap_or(slot.data_interval.start),
+                        end: run.try_get::<Option<DateTime<Utc>>, _>("data_interval_end")?.unwrap_or(slot.data_interval.end),
+                    };
+                    (SlotOutcome::AlreadyExisted, interval)
+                }
+                None => {
+                    let mut consumed: Vec<i64> = Vec::new();
+                    if let Some(gate) = policy.gate {
+                        let queued = sqlx::query(
+                            "SELECT q.asset_event_id, a.name FROM asset_dag_run_queue q \
+                             JOIN asset a ON a.id = q.asset_id WHERE q.target_dag_id = $1",
+                        )
+                        .bind(dag_id)
+                        .fetch_all(&mut *tx)
+                        .await?;
+                        let mut names = BTreeSet::new();
+                        for row in &queued {
+                            names.insert(row.try_get::<String, _>("name")?);
+                            consumed.push(row.try_get("asset_event_id")?);
+                        }
+                        if !gate(&names) {
+                            return Ok(SlotOutcome::WaitingForAssets);
+                        }
+                    }
+                    let id = run_id("scheduled", slot.run_after);
+                    let dag_run_id: i64 = sqlx::query(
+                        "INSERT INTO dag_run (dag_id, run_id, run_type, state, logical_date, data_interval_start, \
+                         data_interval_end, run_after, conf, queued_at, creating_job_id) \
+                         VALUES ($1, $2, 'scheduled', 'queued', $3, $4, $5, $6, $7, $8, $9) RETURNING id",
+                    )
+                    .bind(dag_id)
+                    .bind(&id)
+                    .bind(slot.logical_date())
+                    .bind(slot.data_interval.start)
+                    .bind(slot.data_interval.end)
+                    .bind(slot.run_after)
+                    .bind(Json(Value::Object(Default::default())))
+                    .bind(now)
+                    .bind(job_id)
+                    .fetch_one(&mut *tx)
+                    .await?
+                    .try_get("id")?;
+                    super::consume_queued_events!(tx, dag_run_id, dag_id, consumed);
+                    (SlotOutcome::Created(id), slot.data_interval)
+                }
+            };
+            super::store_next_dagrun!(&mut *tx, dag_id, (policy.next_after)(interval));
+            tx.commit().await?;
+            Ok(outcome)
+        })
+    }
+
+    /// Creates a QUEUED backfill run for each slot whose logical date has no run yet; with
+    /// `reprocess`, finished runs of those slots are queued again. One transaction.
+    pub async fn create_backfill_runs(
+        &self,
+        dag_id: &str,
+        slots: &[DagRunInfo],
+        reprocess: bool,
+        mut progress: impl FnMut(usize),
+    ) -> Result<BackfillReport> {
+        let now = crate::time::now();
+        let mut report = BackfillReport::default();
+        with_db!(self, pool => {
+            let mut tx = pool.begin_with(self.begin_write()).await?;
+            for (i, slot) in slots.iter().enumerate() {
+                let existing: Option<(i64, String)> = sqlx::query_as(
+                    "SELECT id, state FROM dag_run WHERE dag_id = $1 AND logical_date = $2",
+                )
+                .bind(dag_id)
+                .bind(slot.logical_date())
+                .fetch_optional(&mut *tx)
+                .await?;
+                match existing {
+                    Some((id, state)) if reprocess && (state == "success" || state == "failed") => {
+                        sqlx::query(
+                            "UPDATE dag_run SET state = 'queued', queued_at = $1, start_date = NULL, \
+                             end_date = NULL WHERE id = $2",
+                        )
+                        .bind(now)
+                        .bind(id)
+                        .execute(&mut *tx)
+                        .await?;
+                        report.requeued += 1;
+                    }
+                    Some(_) => report.skipped += 1,
+                    None => {
+                        sqlx::query(
+                            "INSERT INTO dag_run (dag_id, run_id, run_type, state, logical_date, data_interval_start, \
+                             data_interval_end, run_after, conf, queued_at) \
+                             VALUES ($1, $2, 'backfill', 'queued', $3, $4, $5, $6, $7, $8)",
+                        )
+                        .bind(dag_id)
+                        .bind(run_id("backfill", slot.run_after))
+                        .bind(slot.logical_date())
+                        .bind(slot.data_interval.start)
+                        .bind(slot.data_interval.end)
+                        .bind(slot.run_after)
+                        .bind(Json(Value::Object(Default::default())))
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await?;
+                        report.created += 1;
+                    }
+                }
+                progress(i + 1);
+            }
+            tx.commit().await?;
+            Ok(report)
+        })
+    }
+}

@@ -1,0 +1,183 @@
+//! Statements of the triggerer process: its `job` row and heartbeat, claiming triggers
+//! (Airflow's `assign_unassigned`), reading what it owns, and recording trigger failures.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::Row;
+
+use super::{push_in_list, with_db, Result, Store, CHUNK};
+
+pub const TRIGGERER_JOB: &str = "TriggererJob";
+pub const SCHEDULER_JOB: &str = "SchedulerJob";
+
+/// A trigger this triggerer owns and must run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AssignedTrigger {
+    pub id: i64,
+    pub classpath: String,
+    pub kwargs: Value,
+}
+
+impl Store {
+    /// Registers a running process (`TriggererJob`, `SchedulerJob`) and returns its job id.
+    pub async fn create_job(&self, job_type: &str, hostname: &str) -> Result<i64> {
+        let now = crate::time::now();
+        with_db!(self, pool => {
+            let row = sqlx::query(
+                "INSERT INTO job (job_type, state, hostname, start_date, latest_heartbeat) \
+                 VALUES ($1, 'running', $2, $3, $3) RETURNING id",
+            )
+            .bind(job_type)
+            .bind(hostname)
+            .bind(now)
+            .fetch_one(pool)
+            .await?;
+            Ok(row.try_get("id")?)
+        })
+    }
+
+    pub async fn heartbeat(&self, job_id: i64) -> Result<()> {
+        let now = crate::time::now();
+        with_db!(self, pool => {
+            sqlx::query("UPDATE job SET latest_heartbeat = $1 WHERE id = $2")
+                .bind(now)
+                .bind(job_id)
+                .execute(pool)
+                .await?;
+            Ok(())
+        })
+    }
+
+    /// Marks the job ended and hands its triggers back at once, so another triggerer can pick
+    /// them up without waiting for the health threshold.
+    pub async fn end_job(&self, job_id: i64) -> Result<()> {
+        let now = crate::time::now();
+        with_db!(self, pool => {
+            let mut tx = pool.begin_with(self.begin_write()).await?;
+            sqlx::query("UPDATE job SET end_date = $1, state = 'success' WHERE id = $2")
+                .bind(now)
+                .bind(job_id)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("UPDATE trigger SET triggerer_id = NULL WHERE triggerer_id = $1")
+                .bind(job_id)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
+    /// Airflow's `Trigger.assign_unassigned` for watcher triggers: claims, oldest first, triggers
+    /// that have no owner or whose owner is not alive (no heartbeat since `alive_since`), up to
+    /// `capacity` in total and `max_per_loop` in this call. Returns how many were claimed.
+    pub async fn assign_unassigned(
+        &self,
+        job_id: i64,
+        capacity: usize,
+        max_per_loop: usize,
+        alive_since: DateTime<Utc>,
+    ) -> Result<usize> {
+        let lock = self.skip_locked();
+        with_db!(self, pool => {
+            let mut tx = pool.begin_with(self.begin_write()).await?;
+            let owned: i64 = sqlx::query("SELECT count(*) AS n FROM trigger WHERE triggerer_id = $1")
+                .bind(job_id)
+                .fetch_one(&mut *tx)
+                .await?
+                .try_get("n")?;
+            let room = capacity.saturating_sub(usize::try_from(owned).unwrap_or(usize::MAX));
+            let limit = i64::try_from(room.min(max_per_loop)).unwrap_or(i64::MAX);
+            if limit == 0 {
+                return Ok(0);
+            }
+            let sql = format!(
+                "SELECT t.id FROM trigger t \
+                 WHERE EXISTS (SELECT 1 FROM asset_watcher w WHERE w.trigger_id = t.id) \
+                 AND (t.triggerer_id IS NULL OR t.triggerer_id NOT IN ( \
+                     SELECT j.id FROM job j WHERE j.end_date IS NULL AND j.job_type = $1 \
+                     AND j.latest_heartbeat > $2)) \
+                 ORDER BY t.created_date, t.id LIMIT $3{lock}"
+            );
+            let ids: Vec<i64> = sqlx::query_scalar(&sql)
+                .bind(TRIGGERER_JOB)
+                .bind(alive_since)
+                .bind(limit)
+                .fetch_all(&mut *tx)
+                .await?;
+            for chunk in ids.chunks(CHUNK) {
+                let mut qb = sqlx::QueryBuilder::new("UPDATE trigger SET triggerer_id = ");
+                qb.push_bind(job_id).push(" WHERE id IN ");
+                push_in_list(&mut qb, chunk);
+                qb.build().execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+            Ok(ids.len())
+        })
+    }
+
+    /// The triggers this triggerer owns now.
+    pub async fn triggers_for(&self, job_id: i64) -> Result<Vec<AssignedTrigger>> {
+        with_db!(self, pool => {
+            let rows = sqlx::query(
+                "SELECT id, classpath, kwargs FROM trigger WHERE triggerer_id = $1 ORDER BY id",
+            )
+            .bind(job_id)
+            .fetch_all(pool)
+            .await?;
+            rows.into_iter()
+                .map(|row| {
+                    let kwargs: String = row.try_get("kwargs")?;
+                    Ok(AssignedTrigger {
+                        id: row.try_get("id")?,
+                        classpath: row.try_get("classpath")?,
+                        // kwargs are written by `dags sync` as canonical JSON; a row that does
+                        // not parse is reported by the supervisor when it builds the trigger.
+                        kwargs: serde_json::from_str(&kwargs).unwrap_or(Value::String(kwargs)),
+                    })
+                })
+                .collect()
+        })
+    }
+
+    /// The committed checkpoint pairs of each of `trigger_ids`.
+    pub async fn load_checkpoints(
+        &self,
+        trigger_ids: &[i64],
+    ) -> Result<HashMap<i64, HashMap<String, String>>> {
+        let mut out: HashMap<i64, HashMap<String, String>> = HashMap::new();
+        with_db!(self, pool => {
+            for chunk in trigger_ids.chunks(CHUNK) {
+                let mut qb = sqlx::QueryBuilder::new(
+                    "SELECT trigger_id, key, value FROM trigger_checkpoint WHERE trigger_id IN ",
+                );
+                push_in_list(&mut qb, chunk);
+                for row in qb.build().fetch_all(pool).await? {
+                    out.entry(row.try_get("trigger_id")?)
+                        .or_default()
+                        .insert(row.try_get("key")?, row.try_get("value")?);
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    /// Records why a trigger failed; shown by `triggers list`.
+    pub async fn record_trigger_failure(&self, trigger_id: i64, error: &str) -> Result<()> {
+        let now = crate::time::now();
+        with_db!(self, pool => {
+            sqlx::query(
+                "UPDATE trigger SET last_error = $1, last_error_at = $2, \
+                 failure_count = failure_count + 1 WHERE id = $3",
+            )
+            .bind(error)
+            .bind(now)
+            .bind(trigger_id)
+            .execute(pool)
+            .await?;
+            Ok(())
+        })
+    }
+}

@@ -1,0 +1,262 @@
+//! The supervisor: one tokio task per assigned trigger. It starts what was assigned, cancels
+//! what was taken away, and restarts a trigger that failed, ended or panicked, with exponential
+//! backoff, while every other trigger goes on. It records each failure on the trigger row so
+//! `triggers list` shows it. It must not touch events: those go from the trigger straight to
+//! the writer.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tracing::{error, info, warn};
+use triggerer_sdk::{
+    CancellationToken, EmitError, Envelope, EventSink, NotCommitted, TriggerContext, TriggerError,
+};
+
+use crate::registry::ProviderRegistry;
+use crate::store::{AssignedTrigger, Store};
+
+const MIN_BACKOFF: Duration = Duration::from_secs(1);
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// A trigger that ran this long before failing starts its backoff afresh.
+const HEALTHY_RUN: Duration = Duration::from_secs(60);
+
+/// How a trigger task ended, reported back to the supervisor.
+#[derive(Debug)]
+pub struct Finished {
+    trigger_id: i64,
+    generation: u64,
+    outcome: Result<Result<(), TriggerError>, tokio::task::JoinError>,
+}
+
+struct Running {
+    generation: u64,
+    cancel: CancellationToken,
+    handle: JoinHandle<()>,
+    /// Aborts the trigger itself (the handle above is its reporting wrapper).
+    abort: tokio::task::AbortHandle,
+    started: Instant,
+}
+
+struct Backoff {
+    failures: u32,
+    retry_at: Instant,
+}
+
+pub struct Supervisor {
+    registry: ProviderRegistry,
+    store: Store,
+    events: mpsc::Sender<Envelope>,
+    running: HashMap<i64, Running>,
+    backoff: HashMap<i64, Backoff>,
+    generation: u64,
+    finished_tx: mpsc::UnboundedSender<Finished>,
+    /// Each trigger task reports its end here; [`Supervisor::next_finished`] reads it.
+    finished_rx: mpsc::UnboundedReceiver<Finished>,
+}
+
+impl Supervisor {
+    pub fn new(registry: ProviderRegistry, store: Store, events: mpsc::Sender<Envelope>) -> Self {
+        let (finished_tx, finished_rx) = mpsc::unbounded_channel();
+        Self {
+            registry,
+            store,
+            events,
+            running: HashMap::new(),
+            backoff: HashMap::new(),
+            generation: 0,
+            finished_tx,
+            finished_rx,
+        }
+    }
+
+    pub fn running(&self) -> usize {
+        self.running.len()
+    }
+
+    /// Makes the running set match `assigned`: cancels the rest, starts the missing ones whose
+    /// backoff has passed.
+    pub async fn reconcile(&mut self, assigned: &[AssignedTrigger]) {
+        let wanted: HashSet<i64> = assigned.iter().map(|t| t.id).collect();
+        let gone: Vec<i64> = self
+            .running
+            .keys()
+            .filter(|id| !wanted.contains(id))
+            .copied()
+            .collect();
+        for id in gone {
+            if let Some(run) = self.running.remove(&id) {
+                info!(trigger_id = id, "trigger unassigned; cancelling");
+                run.cancel.cancel();
+            }
+        }
+        self.backoff.retain(|id, _| wanted.contains(id));
+
+        let now = Instant::now();
+        let to_start: Vec<&AssignedTrigger> = assigned
+            .iter()
+            .filter(|t| !self.running.contains_key(&t.id))
+            .filter(|t| self.backoff.get(&t.id).is_none_or(|b| b.retry_at <= now))
+            .collect();
+        if to_start.is_empty() {
+            return;
+        }
+        let ids: Vec<i64> = to_start.iter().map(|t| t.id).collect();
+        let mut checkpoints = match self.store.load_checkpoints(&ids).await {
+            Ok(c) => c,
+            Err(e) => {
+                warn!(error = %e, "cannot load trigger checkpoints; starting them next loop");
+                return;
+            }
+        };
+        for trigger in to_start {
+            let checkpoint = checkpoints.remove(&trigger.id).unwrap_or_default();
+            self.start(trigger, checkpoint).await;
+        }
+    }
+
+    async fn start(&mut self, trigger: &AssignedTrigger, checkpoint: HashMap<String, String>) {
+        let built = match self.registry.resolve(&trigger.classpath) {
+            Some((_, provider)) => provider
+                .build(&trigger.kwargs)
+                .map_err(|e| format!("cannot build trigger: {e}")),
+            None => Err(format!(
+                "classpath `{}` is not built into this triggerer (known: {})",
+                trigger.classpath,
+                self.registry.canonical_classpaths().join(", ")
+            )),
+        };
+        let event_trigger = match built {
+            Ok(t) => t,
+            Err(message) => {
+                self.failed(trigger.id, message, None).await;
+                return;
+            }
+        };
+        self.generation += 1;
+        let generation = self.generation;
+        let cancel = CancellationToken::new();
+        let ctx = TriggerContext {
+            trigger_id: trigger.id,
+            sink: EventSink::new(trigger.id, self.events.clone()),
+            checkpoint,
+            cancel: cancel.clone(),
+        };
+        let trigger_id = trigger.id;
+        let finished = self.finished_tx.clone();
+        // The inner task isolates panics: they surface as a JoinError, not a dead supervisor.
+        let inner = tokio::spawn(event_trigger.run(ctx));
+        let abort = inner.abort_handle();
+        let handle = tokio::spawn(async move {
+            let outcome = inner.await;
+            let _ = finished.send(Finished {
+                trigger_id,
+                generation,
+                outcome,
+            });
+        });
+        info!(trigger_id, classpath = %trigger.classpath, "trigger started");
+        self.running.insert(
+            trigger.id,
+            Running {
+                generation,
+                cancel,
+                handle,
+                abort,
+                started: Instant::now(),
+            },
+        );
+    }
+
+    /// Waits for the next trigger task to end.
+    pub async fn next_finished(&mut self) -> Option<Finished> {
+        self.finished_rx.recv().await
+    }
+
+    /// Handles a trigger task's end: anything but a cancellation we asked for is a failure.
+    pub async fn on_finished(&mut self, finished: Finished) {
+        let Some(run) = self.running.get(&finished.trigger_id) else {
+            return; // cancelled by us; nothing to restart
+        };
+        if run.generation != finished.generation {
+            return; // a previous incarnation
+        }
+        let ran_for = run.started.elapsed();
+        self.running.remove(&finished.trigger_id);
+        let message = match finished.outcome {
+            // Removed or reassigned between two loops: not a failure. The next reconcile
+            // decides whether it runs here again.
+            Ok(Err(TriggerError::Emit(EmitError::NotCommitted(NotCommitted::Fenced)))) => {
+                info!(
+                    trigger_id = finished.trigger_id,
+                    "trigger no longer owned by this triggerer; stopped"
+                );
+                return;
+            }
+            Ok(Ok(())) => {
+                "trigger stopped without being cancelled; event triggers must run until cancelled"
+                    .to_string()
+            }
+            Ok(Err(e)) => e.to_string(),
+            Err(join) if join.is_panic() => {
+                let payload = join.into_panic();
+                let text = payload
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| payload.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "non-string panic payload".into());
+                format!("trigger panicked: {text}")
+            }
+            Err(join) => format!("trigger task ended: {join}"),
+        };
+        self.failed(finished.trigger_id, message, Some(ran_for))
+            .await;
+    }
+
+    async fn failed(&mut self, trigger_id: i64, message: String, ran_for: Option<Duration>) {
+        let healthy = ran_for.is_some_and(|d| d >= HEALTHY_RUN);
+        let failures = match self.backoff.get(&trigger_id) {
+            Some(b) if !healthy => b.failures + 1,
+            _ => 1,
+        };
+        let delay = MIN_BACKOFF
+            .saturating_mul(1u32 << (failures - 1).min(6))
+            .min(MAX_BACKOFF);
+        error!(trigger_id, failures, retry_in = ?delay, error = %message, "trigger failed");
+        self.backoff.insert(
+            trigger_id,
+            Backoff {
+                failures,
+                retry_at: Instant::now() + delay,
+            },
+        );
+        if let Err(e) = self
+            .store
+            .record_trigger_failure(trigger_id, &message)
+            .await
+        {
+            warn!(trigger_id, error = %e, "cannot record the trigger failure");
+        }
+    }
+
+    /// Cancels every trigger and waits up to `grace` for them to finish their acknowledgements.
+    pub async fn shutdown(&mut self, grace: Duration) {
+        for run in self.running.values() {
+            run.cancel.cancel();
+        }
+        let deadline = Instant::now() + grace;
+        for (id, run) in self.running.drain() {
+            let mut handle = run.handle;
+            if tokio::time::timeout_at(deadline, &mut handle)
+                .await
+                .is_err()
+            {
+                warn!(trigger_id = id, "trigger did not stop in time; aborting it");
+                run.abort.abort();
+                handle.abort();
+            }
+        }
+    }
+}

@@ -1,0 +1,147 @@
+//! Shared test helpers: fresh stores on SQLite (always) and PostgreSQL (with the
+//! `integration` feature), and the `store_test!` macro that runs one test body on both.
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+use triggerer::store::Store;
+
+/// A fresh SQLite database in its own temporary directory (kept alive by the returned guard).
+pub async fn sqlite_store() -> (Store, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = format!("sqlite://{}", dir.path().join("test.db").display());
+    let store = Store::connect(&url).await.expect("open sqlite");
+    (store, dir)
+}
+
+/// The server the PostgreSQL tests use: `TRIGGERER_TEST_POSTGRES_URL`, or the machine's own.
+pub fn postgres_admin_url() -> String {
+    std::env::var("TRIGGERER_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_string())
+}
+
+/// A fresh PostgreSQL database (a new database per test, so tests run in parallel). Fails with
+/// instructions when no server is reachable: these tests never pass silently.
+pub async fn postgres_store() -> (Store, String) {
+    use sqlx::Connection;
+    let admin_url = postgres_admin_url();
+    let mut admin = sqlx::PgConnection::connect(&admin_url)
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+            "PostgreSQL is not reachable at {admin_url} ({e}). Start it with `scripts/test.sh` \
+             (or `pg_ctlcluster 15 main start`), or point TRIGGERER_TEST_POSTGRES_URL at a server."
+        )
+        });
+    let name = format!("trg_test_{}", uuid_like());
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut admin)
+        .await
+        .expect("create test database");
+    let base = admin_url
+        .rsplit_once('/')
+        .map(|(b, _)| b)
+        .unwrap_or(&admin_url);
+    let url = format!("{base}/{name}");
+    let store = Store::connect(&url).await.expect("open postgres");
+    (store, url)
+}
+
+fn uuid_like() -> String {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!("{}_{}", std::process::id(), nanos)
+}
+
+/// Runs `$body` (an async block using `$store`) on SQLite, and on PostgreSQL when built with
+/// `--features integration`.
+#[macro_export]
+macro_rules! store_test {
+    ($name:ident, |$store:ident| $body:block) => {
+        mod $name {
+            use super::*;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                let ($store, _guard) = $crate::common::sqlite_store().await;
+                $body
+            }
+
+            #[cfg(feature = "integration")]
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                let ($store, _url) = $crate::common::postgres_store().await;
+                $body
+            }
+        }
+    };
+}
+
+/// Writes `text` to `dir/name` and returns the path.
+pub fn write_file(dir: &std::path::Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).expect("write file");
+    path
+}
+
+/// A child process killed (SIGKILL) and reaped when dropped, so a failing test never leaves
+/// servers running.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl KillOnDrop {
+    /// Kills the process now (SIGKILL: no shutdown path runs) and reaps it.
+    pub fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The binary under test.
+pub const BIN: &str = env!("CARGO_BIN_EXE_triggerer");
+
+/// `triggerer dags sync PATH` against `db_url`; panics with its stderr if it fails.
+pub fn sync_definitions(db_url: &str, path: &std::path::Path) {
+    let out = std::process::Command::new(BIN)
+        .args(["dags", "sync"])
+        .arg(path)
+        .env("TRIGGERER_DATABASE_URL", db_url)
+        .output()
+        .expect("run triggerer dags sync");
+    assert!(
+        out.status.success(),
+        "dags sync failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Starts `triggerer standalone` against `db_url`, logging to `log`. Heartbeats every 0.5 s
+/// with a 2 s health threshold, so a process started after a `kill -9` reclaims the dead one's
+/// triggers within seconds.
+pub fn standalone(db_url: &str, log: &std::path::Path) -> KillOnDrop {
+    let log = std::fs::File::create(log).expect("log file");
+    KillOnDrop(
+        std::process::Command::new(BIN)
+            .args([
+                "standalone",
+                "--heartbeat-interval",
+                "0.5",
+                "--health-check-threshold",
+                "2",
+            ])
+            .env("TRIGGERER_DATABASE_URL", db_url)
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start triggerer standalone"),
+    )
+}

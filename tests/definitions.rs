@@ -1,0 +1,263 @@
+//! Every kind of bad definition is rejected with `file:line: message` naming the asset or DAG
+//! and the field.
+
+use triggerer::definitions::{load_str, DefinitionErrors};
+use triggerer::registry::builtin_providers;
+
+fn errors(text: &str) -> DefinitionErrors {
+    load_str("defs.toml", text, &builtin_providers()).expect_err("definitions must be rejected")
+}
+
+/// Asserts one error, at `line`, whose message contains every needle.
+fn assert_error(text: &str, line: usize, needles: &[&str]) {
+    let errs = errors(text);
+    let first = &errs.0[0];
+    let shown = first.to_string();
+    assert_eq!(first.line, line, "{shown}");
+    assert!(shown.starts_with(&format!("defs.toml:{line}: ")), "{shown}");
+    for needle in needles {
+        assert!(shown.contains(needle), "`{needle}` not in: {shown}");
+    }
+}
+
+#[test]
+fn unknown_keys() {
+    assert_error(
+        "[[asset]]\nname = \"a\"\nuri = \"x\"\ncolour = \"red\"\n",
+        4,
+        &["colour"],
+    );
+    assert_error(
+        "[[dag]]\ndag_id = \"d\"\nschedual = \"@daily\"\n",
+        3,
+        &["schedual"],
+    );
+    assert_error("[[pipeline]]\nname = \"p\"\n", 1, &["pipeline"]);
+}
+
+#[test]
+fn toml_syntax_errors_have_lines() {
+    assert_error("[[asset]]\nname = \"a\"\n\nname = = 3\n", 4, &[]);
+}
+
+#[test]
+fn unknown_classpath_lists_known_ones() {
+    let text =
+        "[[asset]]\nname = \"a\"\n[[asset.watcher]]\nname = \"w\"\nclasspath = \"kafka.Nope\"\n";
+    assert_error(
+        text,
+        5,
+        &[
+            "asset `a`",
+            "watcher `w`",
+            "classpath",
+            "kafka.Nope",
+            "file.FileTrigger",
+        ],
+    );
+}
+
+#[test]
+fn bad_provider_kwargs_name_the_field() {
+    let text = "[[asset]]\nname = \"a\"\n[[asset.watcher]]\nname = \"w\"\nclasspath = \"file.FileTrigger\"\nkwargs = { recursive = \"yes\", filepath = \"/x\" }\n";
+    assert_error(text, 6, &["asset `a`", "watcher `w`", "kwargs.recursive"]);
+    let text = "[[asset]]\nname = \"a\"\n[[asset.watcher]]\nname = \"w\"\nclasspath = \"file.FileTrigger\"\n";
+    assert_error(text, 3, &["kwargs.filepath"]);
+}
+
+#[test]
+fn duplicate_names() {
+    assert_error(
+        "[[asset]]\nname = \"a\"\n[[asset]]\nname = \"a\"\n",
+        4,
+        &["asset `a`", "already defined at defs.toml:2"],
+    );
+    assert_error(
+        "[[dag]]\ndag_id = \"d\"\n[[dag]]\ndag_id = \"d\"\n",
+        4,
+        &["dag `d`", "already defined"],
+    );
+    let text = "[[asset]]\nname = \"a\"\n[[asset.watcher]]\nname = \"w\"\nclasspath = \"file.FileTrigger\"\nkwargs = { filepath = \"/x\" }\n[[asset.watcher]]\nname = \"w\"\nclasspath = \"file.FileTrigger\"\nkwargs = { filepath = \"/y\" }\n";
+    assert_error(text, 8, &["watcher `w`", "already used"]);
+    assert_error(
+        "[[asset]]\nname = \"a\"\nuri = \"s3://x\"\n[[asset]]\nname = \"b\"\nuri = \"s3://x\"\n",
+        6,
+        &["asset `b`", "uri", "asset `a`"],
+    );
+}
+
+#[test]
+fn expressions() {
+    let text = "[[asset]]\nname = \"a\"\n[[dag]]\ndag_id = \"d\"\nschedule = { assets = \"a & (b | a)\" }\n";
+    assert_error(text, 5, &["dag `d`", "schedule", "unknown asset `b`"]);
+    let text =
+        "[[asset]]\nname = \"a\"\n[[dag]]\ndag_id = \"d\"\nschedule = { assets = \"a & \" }\n";
+    assert_error(text, 5, &["dag `d`", "schedule", "assets", "column"]);
+}
+
+#[test]
+fn schedules_and_dates() {
+    assert_error(
+        "[[dag]]\ndag_id = \"d\"\nschedule = \"0 25 * * *\"\n",
+        3,
+        &["dag `d`", "schedule", "0 25 * * *"],
+    );
+    assert_error(
+        "[[dag]]\ndag_id = \"d\"\nschedule = { cron = \"@daily\", timezone = \"Nowhere/City\" }\n",
+        3,
+        &["IANA"],
+    );
+    assert_error(
+        "[[dag]]\ndag_id = \"d\"\nstart_date = \"soon\"\n",
+        3,
+        &["start_date", "soon"],
+    );
+    assert_error(
+        "[[dag]]\ndag_id = \"d\"\nstart_date = 2024-02-01\nend_date = 2024-01-01\n",
+        4,
+        &["end_date"],
+    );
+    assert_error(
+        "[[dag]]\ndag_id = \"d\"\nmax_active_runs = 0\n",
+        3,
+        &["max_active_runs"],
+    );
+}
+
+#[test]
+fn all_errors_are_reported_in_order() {
+    let text = "[[asset]]\nname = \"\"\n[[dag]]\ndag_id = \"d\"\nschedule = \"bogus\"\n[[dag]]\ndag_id = \"e\"\nmax_active_runs = -1\n";
+    let errs = errors(text);
+    let lines: Vec<usize> = errs.0.iter().map(|e| e.line).collect();
+    assert_eq!(lines, vec![2, 5, 8], "{errs}");
+}
+
+#[test]
+fn valid_definitions_cover_every_schedule_form() {
+    let text = r#"
+[[asset]]
+name = "orders"
+uri = "kafka://localhost:9092/orders"
+[[asset]]
+name = "customers"
+[[asset]]
+name = "refunds"
+[[dag]]
+dag_id = "on_assets"
+schedule = { assets = "orders & (customers | refunds)" }
+start_date = 2024-01-01T00:00:00Z
+[[dag]]
+dag_id = "cron_zurich"
+schedule = { cron = "0 1 * * 3", timezone = "Europe/Zurich", data_interval = true }
+catchup = true
+[[dag]]
+dag_id = "or_time"
+schedule = { cron = "0 6 * * *", assets = "orders | refunds", combine = "or" }
+[[dag]]
+dag_id = "and_time"
+schedule = { cron = "0 6 * * *", assets = "orders", combine = "and" }
+[[dag]]
+dag_id = "every"
+schedule = { every = "1mo" }
+[[dag]]
+dag_id = "daily"
+schedule = "@daily"
+[[dag]]
+dag_id = "manual"
+"#;
+    let plan = load_str("defs.toml", text, &builtin_providers()).expect("valid");
+    assert_eq!(plan.dags.len(), 7);
+    let on_assets = &plan.dags[0];
+    assert_eq!(
+        on_assets.asset_expression.as_deref(),
+        Some("orders & (customers | refunds)")
+    );
+    assert_eq!(on_assets.assets.len(), 3);
+    assert_eq!(plan.assets[1].uri, "customers", "uri defaults to the name");
+}
+
+#[test]
+fn message_queue_trigger_resolves_to_the_provider_serving_it() {
+    let text = r#"
+[[asset]]
+name = "by_uri"
+[[asset.watcher]]
+name = "w"
+classpath = "airflow.providers.common.messaging.triggers.msg_queue.MessageQueueTrigger"
+kwargs = { queue = "file:///data/in/*.csv" }
+
+[[asset]]
+name = "by_scheme"
+[[asset.watcher]]
+name = "w"
+classpath = "MessageQueueTrigger"
+kwargs = { scheme = "file", filepath = "/data/in/*.csv" }
+
+[[asset]]
+name = "direct"
+[[asset.watcher]]
+name = "w"
+classpath = "file.FileTrigger"
+kwargs = { filepath = "/data/in/*.csv" }
+"#;
+    let plan = load_str("defs.toml", text, &builtin_providers()).expect("valid");
+    let watchers: Vec<_> = plan.assets.iter().map(|a| &a.watchers[0]).collect();
+    // As in Airflow, the stored trigger is the concrete one: all three are one trigger.
+    assert!(watchers.iter().all(|w| w.classpath == "file.FileTrigger"));
+    assert!(watchers.iter().all(|w| w.hash == watchers[0].hash));
+    assert_eq!(watchers[0].kwargs, r#"{"filepath":"/data/in/*.csv"}"#);
+}
+
+#[test]
+fn message_queue_trigger_errors_name_the_scheme_or_uri() {
+    let watcher = |kwargs: &str| {
+        format!("[[asset]]\nname = \"a\"\n[[asset.watcher]]\nname = \"w\"\nclasspath = \"MessageQueueTrigger\"\nkwargs = {kwargs}\n")
+    };
+    assert_error(
+        &watcher("{ scheme = \"nats\" }"),
+        6,
+        &[
+            "asset `a`",
+            "watcher `w`",
+            "kwargs.scheme",
+            "`nats`",
+            "not served",
+        ],
+    );
+    assert_error(
+        &watcher("{ queue = \"amqp://localhost:5672/orders\" }"),
+        6,
+        &[
+            "kwargs.queue",
+            "amqp://localhost:5672/orders",
+            "not served",
+            "file, kafka",
+        ],
+    );
+    // Served by the kafka provider, whose own check names its field and the URI.
+    assert_error(
+        &watcher("{ queue = \"kafka://localhost:9092\" }"),
+        6,
+        &["kwargs.topics", "kafka://localhost:9092"],
+    );
+    let plan = load_str(
+        "defs.toml",
+        &watcher("{ queue = \"kafka://localhost:9092/orders\", group_id = \"g\" }"),
+        &builtin_providers(),
+    )
+    .expect("a kafka:// queue resolves to the kafka provider");
+    assert_eq!(
+        plan.assets[0].watchers[0].classpath,
+        "kafka.AwaitMessageTrigger"
+    );
+    assert_error(
+        &watcher("{ topics = [\"x\"] }"),
+        6,
+        &["kwargs.queue", "needs"],
+    );
+    assert_error(
+        &watcher("{ queue = \"file:///in\", filepath = \"/x\" }"),
+        6,
+        &["kwargs.filepath", "queue"],
+    );
+}

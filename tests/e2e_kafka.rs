@@ -1,0 +1,276 @@
+//! Kafka against a real broker (tansu from `scripts/test.sh`, or TRIGGERER_TEST_KAFKA): every
+//! message becomes exactly one asset event, across `kill -9`; one consumer serves many watchers;
+//! a dead cluster fails only its own watchers.
+#![cfg(feature = "integration")]
+
+mod common;
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde_json::json;
+use triggerer_sdk::testkit::TestRun;
+use triggerer_sdk::Provider;
+
+fn broker() -> String {
+    let addr = std::env::var("TRIGGERER_TEST_KAFKA").unwrap_or_else(|_| "127.0.0.1:19092".into());
+    if std::net::TcpStream::connect(&addr).is_err() {
+        panic!("no Kafka broker at {addr}: run `scripts/test.sh` (it starts tansu), or set TRIGGERER_TEST_KAFKA=host:port");
+    }
+    addr
+}
+
+fn unique(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!("{prefix}-{}-{nanos}", std::process::id())
+}
+
+async fn create_topic(addr: &str, topic: &str, partitions: i32) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", addr)
+        .create()
+        .expect("admin client");
+    let results = admin
+        .create_topics(
+            &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
+            &AdminOptions::new(),
+        )
+        .await
+        .expect("create topic");
+    for r in results {
+        r.expect("topic created");
+    }
+}
+
+/// Produces `range` as messages spread over `partitions`: JSON, text and binary values in turn.
+async fn produce(addr: &str, topic: &str, partitions: i32, range: std::ops::Range<usize>) {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", addr)
+        .set("linger.ms", "5")
+        .create()
+        .expect("producer");
+    let mut sends = Vec::new();
+    for i in range {
+        let value: Vec<u8> = match i % 3 {
+            0 => format!(r#"{{"n": {i}}}"#).into_bytes(),
+            1 => format!("plain text {i}").into_bytes(),
+            _ => vec![0xff, 0xfe, (i % 251) as u8],
+        };
+        let producer = producer.clone();
+        let topic = topic.to_string();
+        let key = format!("k{i}");
+        sends.push(async move {
+            let record = FutureRecord::to(&topic)
+                .partition(i as i32 % partitions)
+                .key(&key)
+                .payload(&value);
+            producer
+                .send(record, Duration::from_secs(30))
+                .await
+                .map(|_| ())
+                .map_err(|(e, _)| e)
+        });
+        if sends.len() == 500 {
+            for r in futures::future::join_all(sends.drain(..)).await {
+                r.expect("produce");
+            }
+        }
+    }
+    for r in futures::future::join_all(sends).await {
+        r.expect("produce");
+    }
+}
+
+async fn count_events(pool: &sqlx::SqlitePool) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM asset_event")
+        .fetch_one(pool)
+        .await
+        .expect("count")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_messages_with_kill_9_become_exactly_ten_thousand_events() {
+    let addr = broker();
+    let topic = unique("orders");
+    create_topic(&addr, &topic, 3).await;
+    produce(&addr, &topic, 3, 0..5_000).await;
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = dir.path().join("k.db");
+    let url = format!("sqlite://{}", db.display());
+    let defs = common::write_file(
+        dir.path(),
+        "dags.toml",
+        &format!(
+            r#"
+[[asset]]
+name = "orders"
+[[asset.watcher]]
+name = "orders-topic"
+classpath = "airflow.providers.apache.kafka.triggers.await_message.AwaitMessageTrigger"
+kwargs = {{ topics = ["{topic}"], bootstrap_servers = "{addr}", group_id = "{group}", kafka_config = {{ "session.timeout.ms" = 6000, "max.poll.interval.ms" = 10000 }} }}
+
+[[asset]]
+name = "orders-by-uri"
+[[asset.watcher]]
+name = "same-topic-via-uri"
+classpath = "MessageQueueTrigger"
+kwargs = {{ queue = "kafka://{addr}/{topic}", group_id = "{group}-uri", kafka_config = {{ "session.timeout.ms" = 6000, "max.poll.interval.ms" = 10000 }} }}
+"#,
+            group = unique("g")
+        ),
+    );
+    common::sync_definitions(&url, &defs);
+    let start = |log: &str| common::standalone(&url, &dir.path().join(log));
+    let pool = sqlx::SqlitePool::connect(&url).await.expect("read pool");
+    let log_dir = dir.path().to_path_buf();
+    let wait_for = |n: i64, secs: u64| {
+        let pool = pool.clone();
+        let log_dir = log_dir.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(secs);
+            loop {
+                let c = count_events(&pool).await;
+                if c >= n {
+                    return c;
+                }
+                if Instant::now() >= deadline {
+                    let log = std::fs::read_to_string(log_dir.join("run2.log"))
+                        .or_else(|_| std::fs::read_to_string(log_dir.join("run1.log")))
+                        .unwrap_or_default();
+                    let tail: Vec<&str> = log.lines().rev().take(40).collect();
+                    panic!(
+                        "timed out at {c} of {n} events; triggerer log, newest first:\n{}",
+                        tail.join("\n")
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    // Two assets on the same topic (two consumer groups): 2 events per message.
+    let expected = 2 * 10_000;
+    let mut first = start("run1.log");
+    let producing = tokio::spawn({
+        let (addr, topic) = (addr.clone(), topic.clone());
+        async move { produce(&addr, &topic, 3, 5_000..10_000).await }
+    });
+    let before_kill = wait_for(3_000, 120).await;
+    first.kill(); // SIGKILL, mid-stream
+    producing.await.expect("producer task");
+    let mut second = start("run2.log");
+    wait_for(expected, 300).await;
+    tokio::time::sleep(Duration::from_secs(2)).await; // duplicates would show up now
+    second.kill();
+
+    assert_eq!(
+        count_events(&pool).await,
+        expected,
+        "exactly one event per message and asset"
+    );
+    let rows: Vec<(String, String)> = sqlx::query_as(
+        "SELECT a.name, e.dedup_key FROM asset_event e JOIN asset a ON a.id = e.asset_id",
+    )
+    .fetch_all(&pool)
+    .await
+    .expect("rows");
+    let mut per_asset: HashMap<String, BTreeSet<String>> = HashMap::new();
+    for (asset, key) in rows {
+        per_asset.entry(asset).or_default().insert(key);
+    }
+    for asset in ["orders", "orders-by-uri"] {
+        let keys = &per_asset[asset];
+        assert_eq!(keys.len(), 10_000, "{asset}: one event per message");
+        assert!(
+            keys.iter()
+                .all(|k| k.starts_with(&format!("kafka:{addr}/{topic}/"))),
+            "{asset}"
+        );
+    }
+    let encodings: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT json_extract(extra, '$.payload.value_encoding') AS enc, count(*) FROM asset_event GROUP BY enc ORDER BY enc",
+    )
+    .fetch_all(&pool)
+    .await
+    .expect("encodings");
+    assert_eq!(
+        encodings.len(),
+        3,
+        "JSON, text and binary payloads all stored: {encodings:?}"
+    );
+    eprintln!(
+        "{before_kill} events committed before kill -9; {expected} after restart; {encodings:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_consumer_serves_a_hundred_watchers_and_a_dead_cluster_fails_alone() {
+    let addr = broker();
+    let topics: Vec<String> = (0..10).map(|i| unique(&format!("t{i}"))).collect();
+    for t in &topics {
+        create_topic(&addr, t, 1).await;
+    }
+    let provider = triggerer_provider_kafka::KafkaProvider::new();
+    let group = unique("shared");
+    let mut runs = Vec::new();
+    for i in 0..100 {
+        let kwargs = json!({"topics": [topics[i % 10], topics[i / 10]], "bootstrap_servers": addr, "group_id": group});
+        runs.push(TestRun::start(
+            provider.build(&kwargs).expect("build"),
+            HashMap::new(),
+            64,
+        ));
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while provider.consumers() < 1 {
+        assert!(Instant::now() < deadline, "the consumer did not start");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        provider.consumers(),
+        1,
+        "one consumer serves the 100 watchers of one cluster and group"
+    );
+    // A watcher of an unreachable cluster fails with a clear error; the others keep working.
+    let dead = provider
+        .build(
+            &json!({"topics": ["nowhere"], "bootstrap_servers": "127.0.0.1:1", "group_id": group}),
+        )
+        .expect("build");
+    let dead = TestRun::start(dead, HashMap::new(), 64);
+    match dead.finished(Duration::from_secs(60)).await {
+        Some(Err(e)) => assert!(e.to_string().contains("127.0.0.1:1"), "{e}"),
+        other => panic!("the watcher of an unreachable cluster must fail, got {other:?}"),
+    }
+    produce(&addr, &topics[3], 1, 0..1).await;
+    // Watchers whose topics include t3: i % 10 == 3 or i / 10 == 3 → 19 of them.
+    let mut got = 0;
+    for run in &mut runs {
+        if run.commit_next(Duration::from_millis(50)).await.is_some() {
+            got += 1;
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while got < 19 && Instant::now() < deadline {
+        for run in &mut runs {
+            if run.commit_next(Duration::from_millis(20)).await.is_some() {
+                got += 1;
+            }
+        }
+    }
+    assert_eq!(
+        got, 19,
+        "every watcher of the topic got the message, through the one consumer"
+    );
+    assert_eq!(provider.consumers(), 1);
+    for run in runs {
+        run.stop().await.expect("clean stop");
+    }
+}
