@@ -17,6 +17,7 @@ use triggerer_sdk::CancellationToken;
 use crate::definitions::{self, watch, SyncError};
 use crate::registry::{builtin_providers, ProviderRegistry};
 use crate::scheduler::{self, SchedulerOptions};
+use crate::secrets;
 use crate::store::{ManualRun, NewEvent, Origin, Store};
 use crate::telemetry::{self, LogFormat};
 use crate::time::{isoformat, parse_rfc3339};
@@ -192,8 +193,12 @@ pub struct RunArgs {
     #[arg(long)]
     pub dags: Option<PathBuf>,
     /// Most triggers this process runs.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, env = "TRIGGERER_CAPACITY", default_value_t = 1000)]
     pub capacity: usize,
+    /// Most triggers claimed in one assignment loop (Airflow's `max_trigger_to_select_per_loop`),
+    /// so one process starting first does not take everything from the others.
+    #[arg(long, env = "TRIGGERER_MAX_TRIGGERS_PER_LOOP", default_value_t = 50)]
+    pub max_triggers_per_loop: usize,
     /// Seconds between heartbeats of this process's job row.
     #[arg(long, env = "TRIGGERER_HEARTBEAT_INTERVAL", default_value_t = 5.0)]
     pub heartbeat_interval: f64,
@@ -217,8 +222,12 @@ impl RunArgs {
         if self.capacity == 0 {
             bail!("--capacity: must be at least 1");
         }
+        if self.max_triggers_per_loop == 0 {
+            bail!("--max-triggers-per-loop: must be at least 1");
+        }
         Ok(TriggererOptions {
             capacity: self.capacity,
+            max_triggers_per_loop: self.max_triggers_per_loop,
             heartbeat_interval: seconds("--heartbeat-interval", self.heartbeat_interval)?,
             health_threshold: seconds("--health-check-threshold", self.health_check_threshold)?,
             ..TriggererOptions::default()
@@ -415,7 +424,10 @@ async fn dispatch(command: Command, store: &Store, registry: &ProviderRegistry) 
             }
         }
         Command::Triggers(TriggersCommand::List(f)) => {
-            let rows = store.list_triggers().await?;
+            let mut rows = store.list_triggers().await?;
+            for row in &mut rows {
+                row.kwargs = secrets::mask(&row.kwargs);
+            }
             print_rows(
                 f.json,
                 &rows,

@@ -18,6 +18,8 @@
 //! - [`asset_expression`]: `a & (b | c)`: parsing, evaluation, names.
 //! - [`identity`]: a trigger's stable hash over canonical classpath and kwargs.
 //! - [`registry`]: the providers built in (`builtin_providers()`), looked up by classpath.
+//! - [`secrets`]: `{ env = "NAME" }` references in kwargs, resolved only in the triggerer, and
+//!   masking of sensitive values wherever kwargs are shown.
 //! - [`triggerer`]: the triggerer process: job and heartbeat, claiming, the
 //!   [`triggerer::supervisor`] and the [`triggerer::writer`].
 //! - [`scheduler`]: scheduling passes: asset-triggered runs, starting queued runs.
@@ -32,6 +34,7 @@ pub mod definitions;
 pub mod identity;
 pub mod registry;
 pub mod scheduler;
+pub mod secrets;
 pub mod store;
 pub mod telemetry;
 pub mod time;

@@ -261,3 +261,51 @@ fn message_queue_trigger_errors_name_the_scheme_or_uri() {
         &["kwargs.filepath", "queue"],
     );
 }
+
+#[test]
+fn environment_references_are_stored_as_references_and_validated_where_unset() {
+    let text = r#"
+[[asset]]
+name = "orders"
+[[asset.watcher]]
+name = "direct"
+classpath = "kafka.AwaitMessageTrigger"
+kwargs = { topics = ["orders"], bootstrap_servers = "b:9092", kafka_config = { "sasl.username" = "svc", "sasl.password" = { env = "TRIGGERER_TEST_UNSET_SECRET" } } }
+
+[[asset]]
+name = "orders-by-uri"
+[[asset.watcher]]
+name = "via-uri"
+classpath = "MessageQueueTrigger"
+kwargs = { queue = "kafka://b:9092/orders", kafka_config = { "sasl.username" = "svc", "sasl.password" = { env = "TRIGGERER_TEST_UNSET_SECRET" } } }
+"#;
+    let plan = load_str("defs.toml", text, &builtin_providers()).expect("valid");
+    for asset in &plan.assets {
+        let kwargs: serde_json::Value =
+            serde_json::from_str(&asset.watchers[0].kwargs).expect("json");
+        assert_eq!(
+            kwargs["kafka_config"]["sasl.password"],
+            serde_json::json!({"env": "TRIGGERER_TEST_UNSET_SECRET"}),
+            "{}: the reference is stored, not a value",
+            asset.name
+        );
+    }
+    assert_eq!(
+        plan.assets[0].watchers[0].hash, plan.assets[1].watchers[0].hash,
+        "the URI form and the direct form are one trigger, reference included"
+    );
+}
+
+#[test]
+fn environment_references_that_cannot_work_are_rejected_with_their_place() {
+    let watcher = |kwargs: &str| {
+        format!("[[asset]]\nname = \"a\"\n[[asset.watcher]]\nname = \"w\"\nclasspath = \"MessageQueueTrigger\"\nkwargs = {kwargs}\n")
+    };
+    assert_error(
+        &watcher(
+            r#"{ queue = "kafka://b:9092/t", kafka_config = { "sasl.password" = { env = "not a name" } } }"#,
+        ),
+        6,
+        &["asset `a`", "kafka_config.sasl.password", "variable name"],
+    );
+}

@@ -275,3 +275,114 @@ fn cli_errors_are_clear() {
     let out = env.cli(&["runs", "list", "--state", "sleeping"]);
     assert!(!out.status.success());
 }
+
+/// `{ env = "NAME" }` in kwargs: stored and listed as the reference, resolved only by the
+/// triggerer process; an unset variable fails only its own trigger, naming the variable; a
+/// literal secret is masked in listings and warned about at sync.
+#[test]
+fn environment_references_resolve_only_in_the_triggerer() {
+    let env = Env {
+        dir: tempfile::tempdir().expect("temp dir"),
+        db_url: String::new(),
+    };
+    let env = Env {
+        db_url: format!("sqlite://{}", env.dir.path().join("t.db").display()),
+        ..env
+    };
+    std::fs::create_dir_all(env.incoming()).expect("incoming dir");
+    let defs = common::write_file(
+        env.dir.path(),
+        "dags.toml",
+        r#"
+[[asset]]
+name = "landing"
+[[asset.watcher]]
+name = "from-env"
+classpath = "file.FileTrigger"
+kwargs = { filepath = { env = "TRG_TEST_LANDING_GLOB" } }
+
+[[asset]]
+name = "unset"
+[[asset.watcher]]
+name = "from-unset-env"
+classpath = "file.FileTrigger"
+kwargs = { filepath = { env = "TRG_TEST_NEVER_SET" } }
+
+[[asset]]
+name = "orders"
+[[asset.watcher]]
+name = "kafka-with-literal-password"
+classpath = "kafka.AwaitMessageTrigger"
+kwargs = { topics = ["o"], bootstrap_servers = "127.0.0.1:1", kafka_config = { "sasl.password" = "hunter2" } }
+"#,
+    );
+    let out = env.cli(&["dags", "sync", defs.to_str().expect("utf-8 path")]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let warned = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        warned.contains("kwargs `kafka_config.sasl.password` is a literal secret")
+            && !warned.contains("hunter2"),
+        "sync warns about the literal secret without printing it: {warned}"
+    );
+
+    let glob = format!("{}/*.dat", env.incoming().display());
+    let _triggerer = common::standalone_with_env(
+        &env.db_url,
+        &env.dir.path().join("run1.log"),
+        &[("TRG_TEST_LANDING_GLOB", glob.as_str())],
+    );
+    env.wait_for("the triggers to start", Duration::from_secs(30), || {
+        env.trigger_owned()
+    });
+    create_files(&env.incoming(), 0..3);
+    env.wait_for(
+        "3 events from the referenced glob",
+        Duration::from_secs(30),
+        || {
+            env.json(&["assets", "events", "--asset", "landing", "--json"])
+                .len()
+                == 3
+        },
+    );
+    env.wait_for(
+        "the unset variable's error",
+        Duration::from_secs(30),
+        || {
+            env.json(&["triggers", "list", "--json"]).iter().any(|t| {
+                t["last_error"].as_str().is_some_and(|e| {
+                    e.contains(
+                        "kwargs `filepath`: environment variable `TRG_TEST_NEVER_SET` is not set",
+                    )
+                })
+            })
+        },
+    );
+
+    let triggers = env.json(&["triggers", "list", "--json"]);
+    let by_asset = |asset: &str| {
+        triggers
+            .iter()
+            .find(|t| {
+                t["assets"]
+                    .as_array()
+                    .is_some_and(|a| a.iter().any(|n| n == asset))
+            })
+            .unwrap_or_else(|| panic!("a trigger for {asset}: {triggers:?}"))
+            .clone()
+    };
+    assert_eq!(
+        by_asset("landing")["kwargs"],
+        serde_json::json!({"filepath": {"env": "TRG_TEST_LANDING_GLOB"}}),
+        "the database holds the reference, not its value"
+    );
+    assert_eq!(
+        by_asset("orders")["kwargs"]["kafka_config"]["sasl.password"],
+        "***"
+    );
+    let human = env.cli(&["triggers", "list"]);
+    assert!(!String::from_utf8_lossy(&human.stdout).contains("hunter2"));
+}

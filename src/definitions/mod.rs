@@ -16,9 +16,11 @@ use serde::Deserialize;
 use serde_json::Value;
 use thiserror::Error;
 use toml::Spanned;
+use tracing::warn;
 
 use crate::identity::{canonical_json, trigger_hash};
 use crate::registry::{ProviderRegistry, WatcherError};
+use crate::secrets;
 use crate::store::{AssetPlan, DagPlan, Store, StoreError, SyncPlan, SyncReport, WatcherPlan};
 
 /// Airflow's `[core] max_active_runs_per_dag` default.
@@ -356,6 +358,14 @@ fn validate(sources: &[Source], registry: &ProviderRegistry) -> Result<SyncPlan,
                     ),
                     None => (Value::Object(Default::default()), watcher.span()),
                 };
+                // References validate as placeholders: `dags sync` runs where secrets are not.
+                let (kwargs, placeholders) = match secrets::with_placeholders(&kwargs) {
+                    Ok(k) => k,
+                    Err(e) => {
+                        errors.push(source.error(kwargs_span.clone(), format!("{ctx}: {e}")));
+                        continue;
+                    }
+                };
                 let resolved = match registry.resolve_watcher(classpath, &kwargs) {
                     Ok(resolved) => resolved,
                     Err(WatcherError::UnknownClasspath(_)) => {
@@ -369,11 +379,25 @@ fn validate(sources: &[Source], registry: &ProviderRegistry) -> Result<SyncPlan,
                         continue;
                     }
                     Err(WatcherError::Kwargs(e)) => {
-                        errors.push(source.error(kwargs_span, format!("{ctx}: {e}")));
+                        errors.push(source.error(kwargs_span.clone(), format!("{ctx}: {e}")));
                         continue;
                     }
                 };
-                let (canonical, kwargs) = (resolved.classpath, resolved.kwargs);
+                let canonical = resolved.classpath;
+                let kwargs = match placeholders.restore(&resolved.kwargs) {
+                    Ok(k) => k,
+                    Err(e) => {
+                        errors.push(source.error(kwargs_span.clone(), format!("{ctx}: {e}")));
+                        continue;
+                    }
+                };
+                for path in secrets::literal_secrets(&kwargs) {
+                    warn!(
+                        "{}:{}: {ctx}: kwargs `{path}` is a literal secret and is stored in the database as written; use `{{ env = \"NAME\" }}` to keep it in the triggerer's environment",
+                        source.file,
+                        source.line_of(kwargs_span.clone())
+                    );
+                }
                 watchers.push(WatcherPlan {
                     name: wname,
                     classpath: canonical.to_string(),

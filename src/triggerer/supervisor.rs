@@ -16,6 +16,7 @@ use triggerer_sdk::{
 };
 
 use crate::registry::ProviderRegistry;
+use crate::secrets;
 use crate::store::{AssignedTrigger, Store};
 
 const MIN_BACKOFF: Duration = Duration::from_secs(1);
@@ -119,9 +120,14 @@ impl Supervisor {
 
     async fn start(&mut self, trigger: &AssignedTrigger, checkpoint: HashMap<String, String>) {
         let built = match self.registry.resolve(&trigger.classpath) {
-            Some((_, provider)) => provider
-                .build(&trigger.kwargs)
-                .map_err(|e| format!("cannot build trigger: {e}")),
+            // Secrets live only here: resolved per start, never stored or logged.
+            Some((_, provider)) => secrets::resolve_from_env(&trigger.kwargs)
+                .map_err(|e| format!("cannot build trigger: {e}"))
+                .and_then(|kwargs| {
+                    provider
+                        .build(&kwargs)
+                        .map_err(|e| format!("cannot build trigger: {e}"))
+                }),
             None => Err(format!(
                 "classpath `{}` is not built into this triggerer (known: {})",
                 trigger.classpath,

@@ -128,6 +128,15 @@ pub fn sync_definitions(db_url: &str, path: &std::path::Path) {
 /// with a 2 s health threshold, so a process started after a `kill -9` reclaims the dead one's
 /// triggers within seconds.
 pub fn standalone(db_url: &str, log: &std::path::Path) -> KillOnDrop {
+    standalone_with_env(db_url, log, &[])
+}
+
+/// [`standalone`] with extra environment variables for the process.
+pub fn standalone_with_env(
+    db_url: &str,
+    log: &std::path::Path,
+    vars: &[(&str, &str)],
+) -> KillOnDrop {
     let log = std::fs::File::create(log).expect("log file");
     KillOnDrop(
         std::process::Command::new(BIN)
@@ -139,6 +148,7 @@ pub fn standalone(db_url: &str, log: &std::path::Path) -> KillOnDrop {
                 "2",
             ])
             .env("TRIGGERER_DATABASE_URL", db_url)
+            .envs(vars.iter().copied())
             .stdout(std::process::Stdio::null())
             .stderr(log)
             .spawn()

@@ -14,13 +14,13 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use futures::future::BoxFuture;
 use futures::stream::{FuturesUnordered, StreamExt};
-use rdkafka::config::ClientConfig;
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Headers, Message};
 use rdkafka::ClientContext;
 use tokio::sync::{mpsc, oneshot, Notify};
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 use triggerer_sdk::{Committed, Event, EventSink, NotCommitted};
 
 use crate::config::KafkaConfig;
@@ -129,6 +129,22 @@ struct HubContext {
 }
 
 impl ClientContext for HubContext {
+    /// librdkafka's own log (group joins, rebalances, broker connections) goes to our log, so
+    /// a consumer that waits for its partitions says why; `kafka_config.debug` adds detail.
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        match level {
+            RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error => error!(target: "librdkafka", facility, "{message}"),
+            RDKafkaLogLevel::Warning => warn!(target: "librdkafka", facility, "{message}"),
+            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+                info!(target: "librdkafka", facility, "{message}")
+            }
+            RDKafkaLogLevel::Debug => debug!(target: "librdkafka", facility, "{message}"),
+        }
+    }
+
     fn error(&self, error: KafkaError, reason: &str) {
         debug!(%error, reason, "kafka client error");
         let _ = self.errors.send(error);
@@ -136,6 +152,17 @@ impl ClientContext for HubContext {
 }
 
 impl ConsumerContext for HubContext {}
+
+/// librdkafka logs only what our log filter would show (target `librdkafka`).
+fn librdkafka_log_level() -> RDKafkaLogLevel {
+    if tracing::enabled!(target: "librdkafka", tracing::Level::DEBUG) {
+        RDKafkaLogLevel::Debug
+    } else if tracing::enabled!(target: "librdkafka", tracing::Level::INFO) {
+        RDKafkaLogLevel::Info
+    } else {
+        RDKafkaLogLevel::Warning
+    }
+}
 
 /// Whether a client error means the watchers cannot make progress (they fail, and retry with
 /// backoff), as opposed to a blip librdkafka recovers from by itself.
@@ -185,7 +212,8 @@ async fn consume(
     config
         .set("enable.auto.commit", "true")
         .set("enable.auto.offset.store", "false")
-        .set("enable.partition.eof", "false");
+        .set("enable.partition.eof", "false")
+        .set_log_level(librdkafka_log_level());
     let consumer: StreamConsumer<HubContext> = config
         .create_with_context(HubContext { errors: errors_tx })
         .map_err(|e| format!("cannot create a Kafka consumer for {}: {e}", shared.cluster))?;
