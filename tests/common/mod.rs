@@ -155,3 +155,96 @@ pub fn standalone_with_env(
             .expect("start triggerer standalone"),
     )
 }
+
+/// A TCP proxy in front of a server (PostgreSQL in the fault tests) that can play the server
+/// going away: [`FaultyProxy::outage`] cuts every open connection and turns new ones away, as a
+/// restarting server does, until [`FaultyProxy::restore`]. It works the same in front of the
+/// machine's PostgreSQL and a docker-compose one, and leaves the server itself alone (other
+/// tests share it).
+pub struct FaultyProxy {
+    pub port: u16,
+    down: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    cut: tokio::sync::watch::Sender<u64>,
+    _runtime: tokio::runtime::Runtime,
+}
+
+impl FaultyProxy {
+    pub fn start(upstream: &str) -> Self {
+        use std::sync::atomic::Ordering;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("proxy runtime");
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .expect("proxy listener");
+        let port = listener.local_addr().expect("proxy address").port();
+        let down = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (cut, cut_rx) = tokio::sync::watch::channel(0u64);
+        let upstream = upstream.to_string();
+        runtime.spawn({
+            let down = down.clone();
+            async move {
+                loop {
+                    let Ok((mut client, _)) = listener.accept().await else {
+                        continue;
+                    };
+                    if down.load(Ordering::SeqCst) {
+                        continue; // dropped: the client sees its connection closed at once
+                    }
+                    let upstream = upstream.clone();
+                    let mut cut_rx = cut_rx.clone();
+                    cut_rx.borrow_and_update(); // only cuts after this connection count
+                    tokio::spawn(async move {
+                        let Ok(mut server) = tokio::net::TcpStream::connect(&upstream).await else {
+                            return;
+                        };
+                        tokio::select! {
+                            _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                            _ = cut_rx.changed() => {}
+                        }
+                    });
+                }
+            }
+        });
+        Self {
+            port,
+            down,
+            cut,
+            _runtime: runtime,
+        }
+    }
+
+    /// `url` (a postgres:// URL) pointed at this proxy instead of its own host and port.
+    pub fn url_through(&self, url: &str) -> String {
+        let (scheme, rest) = url.split_once("://").expect("a URL");
+        let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+        let userinfo = authority
+            .rsplit_once('@')
+            .map(|(u, _)| format!("{u}@"))
+            .unwrap_or_default();
+        format!("{scheme}://{userinfo}127.0.0.1:{}/{path}", self.port)
+    }
+
+    pub fn outage(&self) {
+        self.down.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.cut.send_modify(|generation| *generation += 1);
+    }
+
+    pub fn restore(&self) {
+        self.down.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// `host:port` of a postgres:// URL.
+pub fn host_port(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split('/').next().unwrap_or(rest);
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    if host_port.contains(':') {
+        host_port.to_string()
+    } else {
+        format!("{host_port}:5432")
+    }
+}
