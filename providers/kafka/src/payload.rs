@@ -129,6 +129,29 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 500, ..Default::default() })]
+
+        /// Whatever the bytes, the payload holds them and says how to get them back.
+        #[test]
+        fn any_value_is_kept_and_recoverable(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..64)) {
+            let p = message(Some(&bytes)).payload();
+            let recovered: Vec<u8> = match p["value_encoding"].as_str() {
+                Some("json") => {
+                    let parsed: Value = serde_json::from_slice(&bytes).expect("was JSON");
+                    proptest::prop_assert_eq!(&p["value"], &parsed);
+                    bytes.clone()
+                }
+                Some("text") => p["value"].as_str().expect("text").as_bytes().to_vec(),
+                Some("base64") => base64::engine::general_purpose::STANDARD
+                    .decode(p["value"].as_str().expect("base64 text"))
+                    .expect("valid base64"),
+                other => return Err(proptest::test_runner::TestCaseError::fail(format!("encoding {other:?}"))),
+            };
+            proptest::prop_assert_eq!(recovered, bytes);
+        }
+    }
+
     #[test]
     fn dedup_key_names_cluster_topic_partition_offset() {
         assert_eq!(
