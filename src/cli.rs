@@ -159,8 +159,15 @@ pub enum AssetsCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum TriggersCommand {
-    /// List triggers with owner, last event and last error.
-    List(JsonFlag),
+    /// List triggers with owner, state, last event and last error.
+    List {
+        /// A triggerer silent for longer counts as dead (its triggers show as `orphaned`);
+        /// use the value the triggerers run with.
+        #[arg(long, env = "TRIGGERER_HEALTH_CHECK_THRESHOLD", default_value_t = 30.0)]
+        health_check_threshold: f64,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -210,15 +217,6 @@ pub struct RunArgs {
 
 impl RunArgs {
     fn triggerer_options(&self) -> Result<TriggererOptions> {
-        let seconds = |flag: &str, v: f64| {
-            if v.is_finite() && v > 0.0 {
-                Ok(std::time::Duration::from_secs_f64(v))
-            } else {
-                Err(anyhow::anyhow!(
-                    "{flag}: must be a positive number of seconds, got {v}"
-                ))
-            }
-        };
         if self.capacity == 0 {
             bail!("--capacity: must be at least 1");
         }
@@ -245,6 +243,15 @@ pub struct SchedulerArgs {
     /// Freeze the clock at this RFC 3339 time.
     #[arg(long)]
     pub now: Option<String>,
+}
+
+/// A positive, finite number of seconds from `flag`.
+fn seconds(flag: &str, v: f64) -> Result<std::time::Duration> {
+    if v.is_finite() && v > 0.0 {
+        Ok(std::time::Duration::from_secs_f64(v))
+    } else {
+        bail!("{flag}: must be a positive number of seconds, got {v}")
+    }
 }
 
 /// Runs the parsed command line.
@@ -423,8 +430,12 @@ async fn dispatch(command: Command, store: &Store, registry: &ProviderRegistry) 
                 None => bail!("event not recorded"),
             }
         }
-        Command::Triggers(TriggersCommand::List(f)) => {
-            let mut rows = store.list_triggers().await?;
+        Command::Triggers(TriggersCommand::List {
+            health_check_threshold,
+            json: f,
+        }) => {
+            let threshold = seconds("--health-check-threshold", health_check_threshold)?;
+            let mut rows = store.list_triggers(threshold).await?;
             for row in &mut rows {
                 row.kwargs = secrets::mask(&row.kwargs);
             }
@@ -435,6 +446,7 @@ async fn dispatch(command: Command, store: &Store, registry: &ProviderRegistry) 
                     "id",
                     "classpath",
                     "triggerer_id",
+                    "state",
                     "assets",
                     "last_event_at",
                     "failure_count",

@@ -383,6 +383,8 @@ kwargs = { topics = ["o"], bootstrap_servers = "127.0.0.1:1", kafka_config = { "
         by_asset("orders")["kwargs"]["kafka_config"]["sasl.password"],
         "***"
     );
+    assert_eq!(by_asset("landing")["state"], "running");
+    assert_eq!(by_asset("unset")["state"], "failing");
     let human = env.cli(&["triggers", "list"]);
     assert!(!String::from_utf8_lossy(&human.stdout).contains("hunter2"));
 }

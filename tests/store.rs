@@ -71,13 +71,22 @@ kwargs = { recursive = false, filepath = "/tmp/in" }
 
 store_test!(identical_watchers_share_one_trigger, |store| {
     sync(&store, SHARED).await;
-    let triggers = store.list_triggers().await.unwrap();
+    let triggers = store
+        .list_triggers(std::time::Duration::from_secs(30))
+        .await
+        .unwrap();
     assert_eq!(triggers.len(), 1, "{triggers:?}");
     assert_eq!(triggers[0].classpath, "file.FileTrigger");
     assert_eq!(triggers[0].assets, vec!["a".to_string(), "b".to_string()]);
     // Syncing again changes nothing.
     sync(&store, SHARED).await;
-    assert_eq!(store.list_triggers().await.unwrap(), triggers);
+    assert_eq!(
+        store
+            .list_triggers(std::time::Duration::from_secs(30))
+            .await
+            .unwrap(),
+        triggers
+    );
 });
 
 store_test!(sync_is_a_reconciliation, |store| {
@@ -106,7 +115,10 @@ kwargs = { filepath = "/tmp/other" }
 "#,
     )
     .await;
-    let triggers = store.list_triggers().await.unwrap();
+    let triggers = store
+        .list_triggers(std::time::Duration::from_secs(30))
+        .await
+        .unwrap();
     assert_eq!(triggers.len(), 2);
     assert!(
         store.list_dags().await.unwrap().is_empty(),
@@ -114,7 +126,11 @@ kwargs = { filepath = "/tmp/other" }
     );
     // Everything removed: no triggers, no assets, no DAGs.
     sync(&store, "").await;
-    assert!(store.list_triggers().await.unwrap().is_empty());
+    assert!(store
+        .list_triggers(std::time::Duration::from_secs(30))
+        .await
+        .unwrap()
+        .is_empty());
     assert!(store.list_assets().await.unwrap().is_empty());
     assert!(matches!(
         store.asset_id("a").await,
@@ -390,7 +406,10 @@ store_test!(manual_run_errors_are_clear, |store| {
 store_test!(a_failed_sync_writes_nothing, |store| {
     sync(&store, SHARED).await;
     let before = (
-        store.list_triggers().await.unwrap(),
+        store
+            .list_triggers(std::time::Duration::from_secs(30))
+            .await
+            .unwrap(),
         store.list_assets().await.unwrap(),
     );
     let dir = tempfile::tempdir().unwrap();
@@ -410,7 +429,10 @@ store_test!(a_failed_sync_writes_nothing, |store| {
         "{err}"
     );
     let after = (
-        store.list_triggers().await.unwrap(),
+        store
+            .list_triggers(std::time::Duration::from_secs(30))
+            .await
+            .unwrap(),
         store.list_assets().await.unwrap(),
     );
     assert_eq!(before, after);

@@ -135,7 +135,7 @@ where
 
 async fn failure_count(store: &Store, classpath: &str) -> (i64, Option<String>) {
     let t = store
-        .list_triggers()
+        .list_triggers(std::time::Duration::from_secs(30))
         .await
         .unwrap()
         .into_iter()
@@ -232,7 +232,7 @@ async fn a_panicking_trigger_is_isolated_and_restarted_while_others_go_on() {
         .unwrap()
         .unwrap();
     assert!(store
-        .list_triggers()
+        .list_triggers(std::time::Duration::from_secs(30))
         .await
         .unwrap()
         .iter()

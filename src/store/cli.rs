@@ -52,6 +52,37 @@ pub struct TriggerRow {
     pub last_error: Option<String>,
     pub last_error_at: Option<DateTime<Utc>>,
     pub failure_count: i64,
+    /// The owning triggerer's last heartbeat.
+    pub owner_heartbeat: Option<DateTime<Utc>>,
+    /// `unassigned`, `running`, `failing` (failed within the last 2 minutes, no event since: it
+    /// is being restarted with backoff) or `orphaned` (its owner's heartbeat is older than the
+    /// health threshold: another triggerer will claim it).
+    pub state: &'static str,
+}
+
+/// Restarts back off up to 60 s, so a trigger still failing has an error younger than this.
+const FAILING_WINDOW: chrono::Duration = chrono::Duration::minutes(2);
+
+fn trigger_state(
+    owner: Option<i64>,
+    owner_heartbeat: Option<DateTime<Utc>>,
+    last_event_at: Option<DateTime<Utc>>,
+    last_error_at: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+    health_threshold: chrono::Duration,
+) -> &'static str {
+    if owner.is_none() {
+        return "unassigned";
+    }
+    if owner_heartbeat.is_none_or(|beat| beat < now - health_threshold) {
+        return "orphaned";
+    }
+    match last_error_at {
+        Some(error) if error > now - FAILING_WINDOW && last_event_at.is_none_or(|e| e < error) => {
+            "failing"
+        }
+        _ => "running",
+    }
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -205,31 +236,51 @@ impl Store {
         })
     }
 
-    pub async fn list_triggers(&self) -> Result<Vec<TriggerRow>> {
+    /// Every trigger, with its state as seen now by a triggerer using `health_threshold`.
+    pub async fn list_triggers(
+        &self,
+        health_threshold: std::time::Duration,
+    ) -> Result<Vec<TriggerRow>> {
         let assets = self.list_agg("a.name");
+        let now = crate::time::now();
+        let threshold =
+            chrono::Duration::from_std(health_threshold).unwrap_or(chrono::Duration::MAX);
         with_db!(self, pool => {
             let sql = format!(
                 "SELECT t.id, t.classpath, t.kwargs, t.hash, t.triggerer_id, t.last_event_at, \
-                 t.last_error, t.last_error_at, t.failure_count, \
+                 t.last_error, t.last_error_at, t.failure_count, j.latest_heartbeat, \
                  (SELECT {assets} FROM asset_watcher w JOIN asset a ON a.id = w.asset_id \
                   WHERE w.trigger_id = t.id) AS assets \
-                 FROM trigger t ORDER BY t.id"
+                 FROM trigger t LEFT JOIN job j ON j.id = t.triggerer_id ORDER BY t.id"
             );
             let rows = sqlx::query(&sql).fetch_all(pool).await?;
             rows.into_iter()
                 .map(|row| {
                     let kwargs: String = row.try_get("kwargs")?;
+                    let triggerer_id = row.try_get("triggerer_id")?;
+                    let owner_heartbeat = row.try_get("latest_heartbeat")?;
+                    let last_event_at = row.try_get("last_event_at")?;
+                    let last_error_at = row.try_get("last_error_at")?;
                     Ok(TriggerRow {
                         id: row.try_get("id")?,
                         classpath: row.try_get("classpath")?,
                         kwargs: serde_json::from_str(&kwargs).unwrap_or(Value::String(kwargs)),
                         hash: row.try_get("hash")?,
-                        triggerer_id: row.try_get("triggerer_id")?,
+                        triggerer_id,
                         assets: split_list(row.try_get("assets")?),
-                        last_event_at: row.try_get("last_event_at")?,
+                        last_event_at,
                         last_error: row.try_get("last_error")?,
-                        last_error_at: row.try_get("last_error_at")?,
+                        last_error_at,
                         failure_count: row.try_get("failure_count")?,
+                        owner_heartbeat,
+                        state: trigger_state(
+                            triggerer_id,
+                            owner_heartbeat,
+                            last_event_at,
+                            last_error_at,
+                            now,
+                            threshold,
+                        ),
                     })
                 })
                 .collect()
@@ -285,5 +336,36 @@ impl Store {
                 })
                 .collect()
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trigger_states() {
+        let now = crate::time::now();
+        let secs = chrono::Duration::seconds;
+        let threshold = secs(30);
+        let state =
+            |owner, beat, event, error| trigger_state(owner, beat, event, error, now, threshold);
+        assert_eq!(state(None, None, None, None), "unassigned");
+        assert_eq!(state(Some(1), Some(now - secs(31)), None, None), "orphaned");
+        assert_eq!(state(Some(1), Some(now - secs(1)), None, None), "running");
+        assert_eq!(
+            state(Some(1), Some(now), None, Some(now - secs(5))),
+            "failing"
+        );
+        assert_eq!(
+            state(Some(1), Some(now), Some(now - secs(1)), Some(now - secs(5))),
+            "running",
+            "an event after the error: it recovered"
+        );
+        assert_eq!(
+            state(Some(1), Some(now), None, Some(now - secs(600))),
+            "running",
+            "an old error is history"
+        );
     }
 }
