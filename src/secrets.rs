@@ -45,24 +45,24 @@ fn valid_name(name: &str) -> bool {
         && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
-/// Calls `f` on every reference with its path (`kafka_config.sasl.password`); `f` returns the
-/// value to put in its place.
-fn replace_references<E>(
+/// Rebuilds `value`: a node for which `f` (given its path) returns a replacement is replaced,
+/// the others are copied with their children rebuilt the same way.
+fn rewrite<E>(
     value: &Value,
     path: &mut Vec<String>,
-    f: &mut impl FnMut(&str, &str) -> Result<Value, E>,
+    f: &mut impl FnMut(&Value, &[String]) -> Option<Result<Value, E>>,
 ) -> Result<Value, E> {
-    if let Some(name) = env_reference(value) {
-        return f(&path.join("."), name);
+    if let Some(replaced) = f(value, path) {
+        return replaced;
     }
     Ok(match value {
         Value::Object(map) => {
             let mut out = Map::with_capacity(map.len());
             for (k, v) in map {
                 path.push(k.clone());
-                let replaced = replace_references(v, path, f);
+                let rebuilt = rewrite(v, path, f);
                 path.pop();
-                out.insert(k.clone(), replaced?);
+                out.insert(k.clone(), rebuilt?);
             }
             Value::Object(out)
         }
@@ -70,13 +70,24 @@ fn replace_references<E>(
             let mut out = Vec::with_capacity(items.len());
             for (i, v) in items.iter().enumerate() {
                 path.push(i.to_string());
-                let replaced = replace_references(v, path, f);
+                let rebuilt = rewrite(v, path, f);
                 path.pop();
-                out.push(replaced?);
+                out.push(rebuilt?);
             }
             Value::Array(out)
         }
         other => other.clone(),
+    })
+}
+
+/// Replaces every reference with what `f` makes of its path (`kafka_config.sasl.password`)
+/// and variable name.
+fn replace_references<E>(
+    value: &Value,
+    f: &mut impl FnMut(&str, &str) -> Result<Value, E>,
+) -> Result<Value, E> {
+    rewrite(value, &mut Vec::new(), &mut |v, path| {
+        env_reference(v).map(|name| f(&path.join("."), name))
     })
 }
 
@@ -85,7 +96,7 @@ pub fn resolve(
     kwargs: &Value,
     lookup: impl Fn(&str) -> Result<String, std::env::VarError>,
 ) -> Result<Value, SecretError> {
-    replace_references(kwargs, &mut Vec::new(), &mut |path, name| {
+    replace_references(kwargs, &mut |path, name| {
         if !valid_name(name) {
             return Err(SecretError::BadName { path: path.into() });
         }
@@ -113,7 +124,7 @@ pub fn resolve_from_env(kwargs: &Value) -> Result<Value, SecretError> {
 /// references back into whatever the validator derived from them.
 pub fn with_placeholders(kwargs: &Value) -> Result<(Value, Placeholders), SecretError> {
     let mut names = HashMap::new();
-    let value = replace_references(kwargs, &mut Vec::new(), &mut |path, name| {
+    let value = replace_references(kwargs, &mut |path, name| {
         if !valid_name(name) {
             return Err(SecretError::BadName { path: path.into() });
         }
@@ -137,45 +148,19 @@ impl Placeholders {
         if self.names.is_empty() {
             return Ok(value.clone());
         }
-        self.restore_at(value, &mut Vec::new())
-    }
-
-    fn restore_at(&self, value: &Value, path: &mut Vec<String>) -> Result<Value, SecretError> {
-        Ok(match value {
-            Value::String(s) => match self.names.get(s) {
-                Some(name) => Value::Object(Map::from_iter([(
+        rewrite(value, &mut Vec::new(), &mut |v, path| {
+            let Value::String(s) = v else { return None };
+            Some(match self.names.get(s) {
+                Some(name) => Ok(Value::Object(Map::from_iter([(
                     ENV_KEY.to_string(),
                     Value::String(name.clone()),
-                )])),
-                None if s.contains(PLACEHOLDER_PREFIX) => {
-                    return Err(SecretError::Embedded {
-                        path: path.join("."),
-                        value: s.clone(),
-                    })
-                }
-                None => value.clone(),
-            },
-            Value::Object(map) => {
-                let mut out = Map::with_capacity(map.len());
-                for (k, v) in map {
-                    path.push(k.clone());
-                    let restored = self.restore_at(v, path);
-                    path.pop();
-                    out.insert(k.clone(), restored?);
-                }
-                Value::Object(out)
-            }
-            Value::Array(items) => {
-                let mut out = Vec::with_capacity(items.len());
-                for (i, v) in items.iter().enumerate() {
-                    path.push(i.to_string());
-                    let restored = self.restore_at(v, path);
-                    path.pop();
-                    out.push(restored?);
-                }
-                Value::Array(out)
-            }
-            other => other.clone(),
+                )]))),
+                None if s.contains(PLACEHOLDER_PREFIX) => Err(SecretError::Embedded {
+                    path: path.join("."),
+                    value: s.clone(),
+                }),
+                None => Ok(v.clone()),
+            })
         })
     }
 }
@@ -201,59 +186,44 @@ pub fn is_sensitive(key: &str) -> bool {
     .any(|word| key.contains(word))
 }
 
+/// Whether `value`, found at `path`, is a literal secret: a non-empty scalar under a
+/// sensitive key.
+fn is_literal_secret(value: &Value, path: &[String]) -> bool {
+    let scalar = match value {
+        Value::String(s) => !s.is_empty(),
+        Value::Number(_) | Value::Bool(_) => true,
+        _ => false,
+    };
+    scalar && path.last().is_some_and(|key| is_sensitive(key))
+}
+
 /// Kwargs for display: literal values under sensitive keys become [`MASK`]; references stay
 /// (a variable's name is not a secret).
 pub fn mask(kwargs: &Value) -> Value {
-    match kwargs {
-        Value::Object(map) => Value::Object(
-            map.iter()
-                .map(|(k, v)| {
-                    let shown = if env_reference(v).is_some() {
-                        v.clone()
-                    } else if is_sensitive(k) && !v.is_object() && !v.is_array() && !v.is_null() {
-                        Value::String(MASK.into())
-                    } else {
-                        mask(v)
-                    };
-                    (k.clone(), shown)
-                })
-                .collect(),
-        ),
-        Value::Array(items) => Value::Array(items.iter().map(mask).collect()),
-        other => other.clone(),
-    }
+    let masked: Result<Value, std::convert::Infallible> =
+        rewrite(kwargs, &mut Vec::new(), &mut |v, path| {
+            if env_reference(v).is_some() {
+                Some(Ok(v.clone()))
+            } else if is_literal_secret(v, path) {
+                Some(Ok(Value::String(MASK.into())))
+            } else {
+                None
+            }
+        });
+    masked.unwrap_or_else(|never| match never {})
 }
 
 /// Paths of literal (not referenced) values under sensitive keys: `dags sync` warns about them,
 /// since they are stored in the database as written.
 pub fn literal_secrets(kwargs: &Value) -> Vec<String> {
-    fn walk(value: &Value, path: &mut Vec<String>, found: &mut Vec<String>) {
-        match value {
-            Value::Object(map) => {
-                for (k, v) in map {
-                    path.push(k.clone());
-                    if env_reference(v).is_none() {
-                        if is_sensitive(k) && v.as_str().is_some_and(|s| !s.is_empty()) {
-                            found.push(path.join("."));
-                        } else {
-                            walk(v, path, found);
-                        }
-                    }
-                    path.pop();
-                }
-            }
-            Value::Array(items) => {
-                for (i, v) in items.iter().enumerate() {
-                    path.push(i.to_string());
-                    walk(v, path, found);
-                    path.pop();
-                }
-            }
-            _ => {}
-        }
-    }
     let mut found = Vec::new();
-    walk(kwargs, &mut Vec::new(), &mut found);
+    let _: Result<Value, std::convert::Infallible> =
+        rewrite(kwargs, &mut Vec::new(), &mut |v, path| {
+            if is_literal_secret(v, path) {
+                found.push(path.join("."));
+            }
+            None
+        });
     found
 }
 

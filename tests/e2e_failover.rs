@@ -394,22 +394,10 @@ max_active_runs = 100000
         "every file became an event; triggerer log:\n{}",
         tail("run")
     );
-    let mut consumed: Vec<i64> = runs
-        .iter()
-        .flat_map(|r| r["consumed_events"].as_array().cloned().unwrap_or_default())
-        .filter_map(|v| v.as_i64())
-        .collect();
-    let total = consumed.len();
-    consumed.sort_unstable();
-    consumed.dedup();
-    assert_eq!(total, consumed.len(), "no event consumed twice");
-    let mut ids: Vec<i64> = events.iter().filter_map(|e| e["id"].as_i64()).collect();
-    ids.sort_unstable();
-    assert_eq!(
-        consumed,
-        ids,
-        "every event consumed by exactly one run; scheduler log:\n{}",
-        tail("scheduler")
+    common::assert_consumed_once(
+        &events,
+        &runs,
+        &format!("scheduler log:\n{}", tail("scheduler")),
     );
     eprintln!(
         "{written} files → {} events ({before_outage} before the outage, {during_outage} when \

@@ -178,17 +178,7 @@ fn run_scenario(db_url: String) {
             .all(|e| e["extra"]["from_trigger"] == true));
     }
     let runs = env.json(&["runs", "list", "--limit", "0", "--json"]);
-    let mut consumed: Vec<i64> = runs
-        .iter()
-        .flat_map(|r| r["consumed_events"].as_array().cloned().unwrap_or_default())
-        .filter_map(|v| v.as_i64())
-        .collect();
-    let total = consumed.len();
-    consumed.sort_unstable();
-    consumed.dedup();
-    assert_eq!(total, consumed.len(), "no event consumed twice");
-    let all_ids: Vec<i64> = events.iter().filter_map(|e| e["id"].as_i64()).collect();
-    assert_eq!(consumed, all_ids, "every event consumed by exactly one run");
+    common::assert_consumed_once(&events, &runs, "after kill -9 and restart");
     assert!(runs
         .iter()
         .all(|r| r["run_type"] == "asset_triggered" && r["dag_id"] == "ingest"));

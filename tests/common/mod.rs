@@ -248,3 +248,27 @@ pub fn host_port(url: &str) -> String {
         format!("{host_port}:5432")
     }
 }
+
+/// Asserts that the runs (`runs list --json`) consumed every event (`assets events --json`)
+/// exactly once between them.
+pub fn assert_consumed_once(
+    events: &[serde_json::Value],
+    runs: &[serde_json::Value],
+    context: &str,
+) {
+    let mut consumed: Vec<i64> = runs
+        .iter()
+        .flat_map(|r| r["consumed_events"].as_array().cloned().unwrap_or_default())
+        .filter_map(|v| v.as_i64())
+        .collect();
+    let total = consumed.len();
+    consumed.sort_unstable();
+    consumed.dedup();
+    assert_eq!(total, consumed.len(), "no event consumed twice; {context}");
+    let mut ids: Vec<i64> = events.iter().filter_map(|e| e["id"].as_i64()).collect();
+    ids.sort_unstable();
+    assert_eq!(
+        consumed, ids,
+        "every event consumed by exactly one run; {context}"
+    );
+}
