@@ -288,3 +288,232 @@ async fn one_consumer_serves_a_hundred_watchers_and_a_dead_cluster_fails_alone()
         run.stop().await.expect("clean stop");
     }
 }
+
+/// A tansu of the test's own, reached through a proxy that plays a broker outage: the broker
+/// advertises the proxy's port, so every client connection goes through it. Needs `tansu` on
+/// PATH (`scripts/test.sh` installs it), whatever TRIGGERER_TEST_KAFKA says.
+struct BrokerBehindProxy {
+    proxy: common::FaultyProxy,
+    _broker: common::KillOnDrop,
+}
+
+impl BrokerBehindProxy {
+    fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let proxy = common::FaultyProxy::start(&format!("127.0.0.1:{port}"));
+        let broker = std::process::Command::new("tansu")
+            .args([
+                "broker",
+                "--listener-url",
+                &format!("tcp://127.0.0.1:{port}"),
+                "--advertised-listener-url",
+                &format!("tcp://127.0.0.1:{}", proxy.port),
+                "--storage-engine",
+                "memory://tansu/",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot start `tansu` ({e}): run `scripts/test.sh`, which installs it")
+            });
+        let broker = common::KillOnDrop(broker);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "tansu did not listen on {port}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Self {
+            proxy,
+            _broker: broker,
+        }
+    }
+
+    fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.proxy.port)
+    }
+}
+
+/// Values that are poison elsewhere: bigger than librdkafka's default fetch sizes, not UTF-8,
+/// empty, a tombstone. Each is stored, in its raw form, and the partition goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_outage_fails_only_kafka_watchers_and_poison_messages_are_kept() {
+    let broker = BrokerBehindProxy::start();
+    let addr = broker.addr();
+    let topic = unique("outage");
+    create_topic(&addr, &topic, 1).await;
+    let big: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    {
+        let producer: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", &addr)
+            .set("message.max.bytes", "10000000")
+            .create()
+            .expect("producer");
+        let poison: [(&str, Option<&[u8]>); 4] = [
+            ("big-binary", Some(&big)),
+            ("not-utf8", Some(&[0xc3, 0x28, 0xff])),
+            ("empty", Some(b"")),
+            ("tombstone", None),
+        ];
+        for (key, value) in poison {
+            let mut record = FutureRecord::<str, [u8]>::to(&topic).key(key);
+            if let Some(value) = value {
+                record = record.payload(value);
+            }
+            producer
+                .send(record, Duration::from_secs(30))
+                .await
+                .map_err(|(e, _)| e)
+                .expect("produce poison");
+        }
+    }
+    produce(&addr, &topic, 1, 0..500).await;
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let incoming = dir.path().join("incoming");
+    std::fs::create_dir_all(&incoming).expect("dir");
+    let url = format!("sqlite://{}", dir.path().join("k.db").display());
+    let defs = common::write_file(
+        dir.path(),
+        "dags.toml",
+        &format!(
+            r#"
+[[asset]]
+name = "orders"
+[[asset.watcher]]
+name = "topic"
+classpath = "kafka.AwaitMessageTrigger"
+kwargs = {{ topics = ["{topic}"], bootstrap_servers = "{addr}", group_id = "{group}", kafka_config = {{ "session.timeout.ms" = 6000, "max.poll.interval.ms" = 10000 }} }}
+
+[[asset]]
+name = "files"
+[[asset.watcher]]
+name = "incoming"
+classpath = "file.FileTrigger"
+kwargs = {{ filepath = "{incoming}/*.dat" }}
+"#,
+            group = unique("g"),
+            incoming = incoming.display()
+        ),
+    );
+    common::sync_definitions(&url, &defs);
+    let log = dir.path().join("run.log");
+    let _triggerer = common::standalone(&url, &log);
+    let pool = sqlx::SqlitePool::connect(&url).await.expect("read pool");
+    let count = |asset: &'static str| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT count(*) FROM asset_event e JOIN asset a ON a.id = e.asset_id WHERE a.name = ?",
+            )
+            .bind(asset)
+            .fetch_one(&pool)
+            .await
+            .expect("count")
+        }
+    };
+    let wait = |what: String, asset: &'static str, n: i64, secs: u64| {
+        let count = &count;
+        let log = &log;
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(secs);
+            loop {
+                let c = count(asset).await;
+                if c >= n {
+                    return;
+                }
+                if Instant::now() > deadline {
+                    let log = std::fs::read_to_string(log).unwrap_or_default();
+                    let tail: Vec<&str> = log.lines().rev().take(30).collect();
+                    panic!(
+                        "{what}: {c} of {n} events; log, newest first:\n{}",
+                        tail.join("\n")
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    wait("before the outage".into(), "orders", 504, 60).await;
+
+    let poison: Vec<(String, String, Option<String>)> = sqlx::query_as(
+        "SELECT json_extract(extra, '$.payload.key'), json_extract(extra, '$.payload.value_encoding'), \
+         json_extract(extra, '$.payload.value') FROM asset_event ORDER BY id LIMIT 4",
+    )
+    .fetch_all(&pool)
+    .await
+    .expect("poison rows");
+    let encodings: Vec<(&str, &str)> = poison
+        .iter()
+        .map(|(k, e, _)| (k.as_str(), e.as_str()))
+        .collect();
+    assert_eq!(
+        encodings,
+        vec![
+            ("big-binary", "base64"),
+            ("not-utf8", "base64"),
+            ("empty", "text"),
+            ("tombstone", "null")
+        ],
+        "poison messages are events, in partition order"
+    );
+    use base64::Engine as _;
+    let stored_big = base64::engine::general_purpose::STANDARD
+        .decode(poison[0].2.as_deref().expect("big value"))
+        .expect("base64");
+    assert!(stored_big == big, "the 3 MB value is stored whole");
+
+    // Outage: every connection to the broker is cut and refused.
+    broker.proxy.outage();
+    let cut_at = Instant::now();
+    let error = loop {
+        let out = std::process::Command::new(common::BIN)
+            .args(["triggers", "list", "--json"])
+            .env("TRIGGERER_DATABASE_URL", &url)
+            .output()
+            .expect("triggers list");
+        let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("json");
+        let kafka = rows
+            .iter()
+            .find(|t| t["classpath"] == "kafka.AwaitMessageTrigger")
+            .expect("the kafka trigger")
+            .clone();
+        if kafka["state"] == "failing" {
+            break kafka["last_error"].as_str().unwrap_or_default().to_string();
+        }
+        assert!(
+            cut_at.elapsed() < Duration::from_secs(60),
+            "the outage never showed in `triggers list`: {kafka}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert!(
+        error.contains(&addr),
+        "the error names the cluster: {error}"
+    );
+    // The file watcher is not touched by the Kafka outage.
+    for i in 0..20 {
+        std::fs::write(incoming.join(format!("f{i}.dat")), "x").expect("write");
+    }
+    wait("files during the outage".into(), "files", 20, 30).await;
+    let seen_down = cut_at.elapsed();
+    tokio::time::sleep(Duration::from_secs(10).saturating_sub(seen_down)).await;
+    broker.proxy.restore();
+
+    // Recovery without a restart: new messages, and nothing twice.
+    produce(&addr, &topic, 1, 500..1_000).await;
+    wait("after the outage".into(), "orders", 1_004, 120).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(count("orders").await, 1_004, "none lost, none twice");
+    let distinct: i64 = sqlx::query_scalar("SELECT count(DISTINCT dedup_key) FROM asset_event")
+        .fetch_one(&pool)
+        .await
+        .expect("distinct");
+    assert_eq!(distinct, 1_024);
+    eprintln!(
+        "outage seen in `triggers list` after {seen_down:?}: {error}; 1,004 messages → 1,004 events"
+    );
+}

@@ -165,7 +165,16 @@ pub struct FaultyProxy {
     pub port: u16,
     down: std::sync::Arc<std::sync::atomic::AtomicBool>,
     cut: tokio::sync::watch::Sender<u64>,
-    _runtime: tokio::runtime::Runtime,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Drop for FaultyProxy {
+    fn drop(&mut self) {
+        // Without blocking: async tests drop it on their runtime's thread.
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
 }
 
 impl FaultyProxy {
@@ -176,9 +185,11 @@ impl FaultyProxy {
             .enable_all()
             .build()
             .expect("proxy runtime");
-        let listener = runtime
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .expect("proxy listener");
+        // Bound here, served on the proxy's own runtime: usable from sync and async tests.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("proxy listener");
+        listener
+            .set_nonblocking(true)
+            .expect("non-blocking listener");
         let port = listener.local_addr().expect("proxy address").port();
         let down = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (cut, cut_rx) = tokio::sync::watch::channel(0u64);
@@ -186,6 +197,7 @@ impl FaultyProxy {
         runtime.spawn({
             let down = down.clone();
             async move {
+                let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
                 loop {
                     let Ok((mut client, _)) = listener.accept().await else {
                         continue;
@@ -212,7 +224,7 @@ impl FaultyProxy {
             port,
             down,
             cut,
-            _runtime: runtime,
+            runtime: Some(runtime),
         }
     }
 
