@@ -177,3 +177,210 @@ kwargs = {{ scheme = "sqs", sqs_queue = "{refunds}", endpoint_url = "{endpoint}"
     assert_eq!(left, 0, "every committed message was deleted");
     eprintln!("{before_kill} events committed before kill -9; 2000 + 100 after restart");
 }
+
+async fn send(client: &aws_sdk_sqs::Client, queue: &str, bodies: impl IntoIterator<Item = String>) {
+    for body in bodies {
+        client
+            .send_message()
+            .queue_url(queue)
+            .message_body(body)
+            .message_attributes(
+                "raw",
+                aws_sdk_sqs::types::MessageAttributeValue::builder()
+                    .data_type("Binary")
+                    .binary_value(aws_sdk_sqs::primitives::Blob::new(vec![0xff, 0x00, 0xfe]))
+                    .build()
+                    .expect("attribute"),
+            )
+            .send()
+            .await
+            .expect("send");
+    }
+}
+
+/// A queue that does not exist yet fails only its watcher, with the reason in `triggers list`,
+/// and recovers without a restart once it is created; an endpoint cut off (through a proxy)
+/// fails only the watchers behind it, and they catch up when it is back. Bodies that are big
+/// or not JSON, and binary attributes, are stored as they came. None lost, none twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_queue_and_endpoint_outage_fail_alone_and_recover() {
+    let endpoint = endpoint();
+    let sqs = client(&endpoint).await;
+    let proxy = common::FaultyProxy::start(&common::host_port(&endpoint));
+    let proxied = format!("http://127.0.0.1:{}", proxy.port);
+    let tag = format!(
+        "{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or(0)
+    );
+    let behind_proxy = queue_with(&sqs, &format!("proxied-{tag}"), 40).await;
+    let big = "x".repeat(200_000);
+    send(
+        &sqs,
+        &behind_proxy,
+        [
+            big.clone(),
+            r#"{"broken": "#.to_string(),
+            String::new() + " ",
+        ],
+    )
+    .await;
+    // The URL the queue will have once it exists (moto's account id).
+    let later_name = format!("later-{tag}");
+    let later = behind_proxy.replace(&format!("proxied-{tag}"), &later_name);
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = format!("sqlite://{}", dir.path().join("s.db").display());
+    let defs = common::write_file(
+        dir.path(),
+        "dags.toml",
+        &format!(
+            r#"
+[[asset]]
+name = "proxied"
+[[asset.watcher]]
+name = "through-proxy"
+classpath = "sqs.SqsSensorTrigger"
+kwargs = {{ sqs_queue = "{behind_proxy}", endpoint_url = "{proxied}", region_name = "us-east-1", wait_time_seconds = 1, visibility_timeout = 10 }}
+
+[[asset]]
+name = "later"
+[[asset.watcher]]
+name = "not-yet-created"
+classpath = "sqs.SqsSensorTrigger"
+kwargs = {{ sqs_queue = "{later}", endpoint_url = "{endpoint}", region_name = "us-east-1", wait_time_seconds = 1, visibility_timeout = 10 }}
+"#
+        ),
+    );
+    common::sync_definitions(&url, &defs);
+    let log = dir.path().join("run.log");
+    let _triggerer = common::standalone(&url, &log);
+    let pool = sqlx::SqlitePool::connect(&url).await.expect("read pool");
+    let count = |asset: &'static str| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>("SELECT count(*) FROM asset_event e JOIN asset a ON a.id = e.asset_id WHERE a.name = ?")
+                .bind(asset)
+                .fetch_one(&pool)
+                .await
+                .expect("count")
+        }
+    };
+    let wait_for = |asset: &'static str, n: i64, secs: u64| {
+        let count = &count;
+        let log = &log;
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(secs);
+            loop {
+                let c = count(asset).await;
+                if c >= n {
+                    return;
+                }
+                if Instant::now() > deadline {
+                    let log = std::fs::read_to_string(log).unwrap_or_default();
+                    let tail: Vec<&str> = log.lines().rev().take(30).collect();
+                    panic!(
+                        "{asset}: {c} of {n} events; log, newest first:\n{}",
+                        tail.join("\n")
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    let trigger_of = |queue: String| {
+        let url = url.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                let out = std::process::Command::new(common::BIN)
+                    .args(["triggers", "list", "--json"])
+                    .env("TRIGGERER_DATABASE_URL", &url)
+                    .output()
+                    .expect("triggers list");
+                let rows: Vec<serde_json::Value> =
+                    serde_json::from_slice(&out.stdout).expect("json");
+                let row = rows
+                    .into_iter()
+                    .find(|t| t["kwargs"]["sqs_queue"] == queue.as_str())
+                    .expect("its trigger");
+                if row["state"] == "failing" || Instant::now() > deadline {
+                    return row;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    };
+
+    wait_for("proxied", 43, 120).await;
+    let missing = trigger_of(later.clone()).await;
+    assert_eq!(missing["state"], "failing", "{missing}");
+    assert!(
+        missing["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains(&later_name)),
+        "the error names the queue: {missing}"
+    );
+    let stored: Vec<(String, String)> = sqlx::query_as(
+        "SELECT json_extract(extra, '$.payload.body'), \
+         json_extract(extra, '$.payload.message_attributes.raw.binary_value') \
+         FROM asset_event WHERE length(json_extract(extra, '$.payload.body')) >= 100000 \
+         OR json_extract(extra, '$.payload.body') = '{\"broken\": '",
+    )
+    .fetch_all(&pool)
+    .await
+    .expect("poison rows");
+    assert_eq!(
+        stored.len(),
+        2,
+        "the 200 kB body and the broken JSON are events"
+    );
+    assert!(stored.iter().any(|(body, _)| body == &big));
+    assert!(
+        stored.iter().all(|(_, raw)| raw == "/wD+"),
+        "binary attribute kept"
+    );
+
+    // The queue appears: the failing watcher recovers on its own.
+    let created = sqs
+        .create_queue()
+        .queue_name(&later_name)
+        .send()
+        .await
+        .expect("create queue")
+        .queue_url
+        .expect("url");
+    assert_eq!(created, later);
+    send(&sqs, &later, (0..10).map(|i| format!("later {i}"))).await;
+    wait_for("later", 10, 120).await;
+
+    // The proxied endpoint goes away: only its watcher fails; the other goes on.
+    proxy.outage();
+    send(
+        &sqs,
+        &behind_proxy,
+        (0..20).map(|i| format!("during outage {i}")),
+    )
+    .await;
+    let cut = trigger_of(behind_proxy.clone()).await;
+    assert_eq!(cut["state"], "failing", "{cut}");
+    send(&sqs, &later, (10..15).map(|i| format!("later {i}"))).await;
+    wait_for("later", 15, 60).await;
+    proxy.restore();
+    wait_for("proxied", 63, 180).await;
+    tokio::time::sleep(Duration::from_secs(12)).await; // past a visibility timeout: repeats show
+    assert_eq!(count("proxied").await, 63, "none lost, none twice");
+    assert_eq!(count("later").await, 15, "none lost, none twice");
+    let distinct: i64 = sqlx::query_scalar("SELECT count(DISTINCT dedup_key) FROM asset_event")
+        .fetch_one(&pool)
+        .await
+        .expect("distinct");
+    assert_eq!(distinct, 78);
+    eprintln!(
+        "missing queue: {}; endpoint cut: {}",
+        missing["last_error"], cut["last_error"]
+    );
+}

@@ -29,12 +29,12 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use aws_sdk_sqs::error::DisplayErrorContext;
 use aws_sdk_sqs::types::{
     ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry, Message,
     MessageSystemAttributeName,
 };
 use aws_sdk_sqs::Client;
+use base64::Engine as _;
 use futures::future::BoxFuture;
 use futures::stream::{FuturesUnordered, StreamExt};
 use serde_json::{json, Map, Value};
@@ -135,8 +135,19 @@ impl SqsSensorTrigger {
     }
 }
 
+/// An AWS error as one line for `triggers list` and the log: each cause's message, without
+/// the SDK's debug dump of the raw response.
 fn describe<E: std::error::Error>(e: E) -> String {
-    DisplayErrorContext(e).to_string()
+    let mut parts = vec![e.to_string()];
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        source = cause.source();
+    }
+    parts.join(": ")
 }
 
 /// Long-polls the queue and hands over each non-empty batch; stops at the first error, which
@@ -194,7 +205,14 @@ fn payload(m: &Message) -> Value {
         .map(|(k, v)| {
             (
                 k.clone(),
-                json!({"data_type": v.data_type, "string_value": v.string_value}),
+                json!({
+                    "data_type": v.data_type,
+                    "string_value": v.string_value,
+                    // Binary attributes are kept, as base64, like every other raw byte.
+                    "binary_value": v.binary_value.as_ref().map(|b| {
+                        base64::engine::general_purpose::STANDARD.encode(b.as_ref())
+                    }),
+                }),
             )
         })
         .collect();
