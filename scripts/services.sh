@@ -56,10 +56,26 @@ wait_for_port() { # host port seconds name
   return 1
 }
 
+# tansu, a Kafka-compatible broker, installed once with cargo (the first install builds for
+# about 15 minutes): `dynostore` for in-memory storage, `libsql` for the file storage the
+# broker-restart test keeps its log in. Reinstalled only when an earlier install lacks one.
+TANSU_FEATURES="dynostore,libsql"
+ensure_tansu() {
+  local installed
+  installed=$(grep -o '"tansu [^}]*"features":\[[^]]*\]' "${CARGO_HOME:-$HOME/.cargo}/.crates2.json" 2>/dev/null || true)
+  if command -v tansu >/dev/null 2>&1 \
+    && [[ "$installed" == *'"dynostore"'* && "$installed" == *'"libsql"'* ]]; then
+    return 0
+  fi
+  echo "kafka: installing tansu (cargo install tansu --features $TANSU_FEATURES --locked)"
+  cargo install tansu --features "$TANSU_FEATURES" --locked
+}
+
 # A Kafka-compatible broker: TRIGGERER_TEST_KAFKA (host:port, e.g. the docker-compose Kafka) as
-# given, else tansu with in-memory storage on 127.0.0.1:19092 (installed once with cargo; the
-# first install builds for about 15 minutes).
+# given, else tansu with in-memory storage on 127.0.0.1:19092. The outage and restart tests
+# start brokers of their own, so tansu is installed in either case.
 ensure_kafka() {
+  ensure_tansu
   if [ -n "${TRIGGERER_TEST_KAFKA:-}" ]; then
     echo "kafka: using TRIGGERER_TEST_KAFKA=$TRIGGERER_TEST_KAFKA as given"
     return 0
@@ -68,10 +84,6 @@ ensure_kafka() {
   if port_open 127.0.0.1 19092; then
     echo "kafka: already running on $TRIGGERER_TEST_KAFKA"
     return 0
-  fi
-  if ! command -v tansu >/dev/null 2>&1; then
-    echo "kafka: installing tansu (cargo install tansu --features dynostore --locked)"
-    cargo install tansu --features dynostore --locked
   fi
   mkdir -p .services
   tansu broker \

@@ -290,29 +290,45 @@ async fn one_consumer_serves_a_hundred_watchers_and_a_dead_cluster_fails_alone()
 }
 
 /// A tansu of the test's own, reached through a proxy that plays a broker outage: the broker
-/// advertises the proxy's port, so every client connection goes through it. Needs `tansu` on
-/// PATH (`scripts/test.sh` installs it), whatever TRIGGERER_TEST_KAFKA says.
+/// advertises the proxy's port, so every client connection goes through it, and the broker can
+/// be killed and started again behind it. Needs `tansu` on PATH (`scripts/test.sh` installs it),
+/// whatever TRIGGERER_TEST_KAFKA says.
 struct BrokerBehindProxy {
     proxy: common::FaultyProxy,
-    _broker: common::KillOnDrop,
+    port: u16,
+    storage: String,
+    broker: Option<common::KillOnDrop>,
 }
 
 impl BrokerBehindProxy {
-    fn start() -> Self {
+    /// `storage`: tansu's storage engine URL (`memory://tansu/`, or `sqlite://FILE` to survive
+    /// a restart).
+    fn start(storage: &str) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("a free port")
             .port();
-        let proxy = common::FaultyProxy::start(&format!("127.0.0.1:{port}"));
-        let broker = std::process::Command::new("tansu")
+        let mut broker = Self {
+            proxy: common::FaultyProxy::start(&format!("127.0.0.1:{port}")),
+            port,
+            storage: storage.to_string(),
+            broker: None,
+        };
+        broker.restart();
+        broker
+    }
+
+    /// Starts the broker (again) and waits until it listens.
+    fn restart(&mut self) {
+        let process = std::process::Command::new("tansu")
             .args([
                 "broker",
                 "--listener-url",
-                &format!("tcp://127.0.0.1:{port}"),
+                &format!("tcp://127.0.0.1:{}", self.port),
                 "--advertised-listener-url",
-                &format!("tcp://127.0.0.1:{}", proxy.port),
+                &format!("tcp://127.0.0.1:{}", self.proxy.port),
                 "--storage-engine",
-                "memory://tansu/",
+                &self.storage,
             ])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
@@ -320,15 +336,30 @@ impl BrokerBehindProxy {
             .unwrap_or_else(|e| {
                 panic!("cannot start `tansu` ({e}): run `scripts/test.sh`, which installs it")
             });
-        let broker = common::KillOnDrop(broker);
+        let mut process = common::KillOnDrop(process);
         let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "tansu did not listen on {port}");
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            if let Ok(Some(status)) = process.0.try_wait() {
+                panic!(
+                    "tansu exited ({status}) with storage {}; `scripts/test.sh` installs it with \
+                     the `libsql` feature that `sqlite://` needs",
+                    self.storage
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "tansu did not listen on {}",
+                self.port
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
-        Self {
-            proxy,
-            _broker: broker,
+        self.broker = Some(process);
+    }
+
+    /// SIGKILL: the broker dies without a word to its clients.
+    fn kill(&mut self) {
+        if let Some(mut broker) = self.broker.take() {
+            broker.kill();
         }
     }
 
@@ -337,11 +368,61 @@ impl BrokerBehindProxy {
     }
 }
 
+/// Asset events in a test's SQLite database, read while the triggerer writes them.
+struct Events {
+    pool: sqlx::SqlitePool,
+    log: std::path::PathBuf,
+}
+
+impl Events {
+    async fn open(url: &str, log: std::path::PathBuf) -> Self {
+        let pool = sqlx::SqlitePool::connect(url).await.expect("read pool");
+        Self { pool, log }
+    }
+
+    async fn count(&self, asset: &str) -> i64 {
+        sqlx::query_scalar(
+            "SELECT count(*) FROM asset_event e JOIN asset a ON a.id = e.asset_id WHERE a.name = ?",
+        )
+        .bind(asset)
+        .fetch_one(&self.pool)
+        .await
+        .expect("count")
+    }
+
+    async fn distinct_keys(&self) -> i64 {
+        sqlx::query_scalar("SELECT count(DISTINCT dedup_key) FROM asset_event")
+            .fetch_one(&self.pool)
+            .await
+            .expect("distinct")
+    }
+
+    /// Waits until `asset` has `n` events; on a timeout, fails with the triggerer's log.
+    async fn wait(&self, what: &str, asset: &str, n: i64, secs: u64) {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let c = self.count(asset).await;
+            if c >= n {
+                return;
+            }
+            if Instant::now() > deadline {
+                let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(30).collect();
+                panic!(
+                    "{what}: {c} of {n} events; log, newest first:\n{}",
+                    tail.join("\n")
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
 /// Values that are poison elsewhere: bigger than librdkafka's default fetch sizes, not UTF-8,
 /// empty, a tombstone. Each is stored, in its raw form, and the partition goes on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_outage_fails_only_kafka_watchers_and_poison_messages_are_kept() {
-    let broker = BrokerBehindProxy::start();
+    let broker = BrokerBehindProxy::start("memory://tansu/");
     let addr = broker.addr();
     let topic = unique("outage");
     create_topic(&addr, &topic, 1).await;
@@ -402,48 +483,15 @@ kwargs = {{ filepath = "{incoming}/*.dat" }}
     common::sync_definitions(&url, &defs);
     let log = dir.path().join("run.log");
     let _triggerer = common::standalone(&url, &log);
-    let pool = sqlx::SqlitePool::connect(&url).await.expect("read pool");
-    let count = |asset: &'static str| {
-        let pool = pool.clone();
-        async move {
-            sqlx::query_scalar::<_, i64>(
-                "SELECT count(*) FROM asset_event e JOIN asset a ON a.id = e.asset_id WHERE a.name = ?",
-            )
-            .bind(asset)
-            .fetch_one(&pool)
-            .await
-            .expect("count")
-        }
-    };
-    let wait = |what: String, asset: &'static str, n: i64, secs: u64| {
-        let count = &count;
-        let log = &log;
-        async move {
-            let deadline = Instant::now() + Duration::from_secs(secs);
-            loop {
-                let c = count(asset).await;
-                if c >= n {
-                    return;
-                }
-                if Instant::now() > deadline {
-                    let log = std::fs::read_to_string(log).unwrap_or_default();
-                    let tail: Vec<&str> = log.lines().rev().take(30).collect();
-                    panic!(
-                        "{what}: {c} of {n} events; log, newest first:\n{}",
-                        tail.join("\n")
-                    );
-                }
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        }
-    };
-    wait("before the outage".into(), "orders", 504, 60).await;
+    let events = Events::open(&url, log).await;
+    let pool = &events.pool;
+    events.wait("before the outage", "orders", 504, 60).await;
 
     let poison: Vec<(String, String, Option<String>)> = sqlx::query_as(
         "SELECT json_extract(extra, '$.payload.key'), json_extract(extra, '$.payload.value_encoding'), \
          json_extract(extra, '$.payload.value') FROM asset_event ORDER BY id LIMIT 4",
     )
-    .fetch_all(&pool)
+    .fetch_all(pool)
     .await
     .expect("poison rows");
     let encodings: Vec<(&str, &str)> = poison
@@ -498,22 +546,73 @@ kwargs = {{ filepath = "{incoming}/*.dat" }}
     for i in 0..20 {
         std::fs::write(incoming.join(format!("f{i}.dat")), "x").expect("write");
     }
-    wait("files during the outage".into(), "files", 20, 30).await;
+    events
+        .wait("files during the outage", "files", 20, 30)
+        .await;
     let seen_down = cut_at.elapsed();
     tokio::time::sleep(Duration::from_secs(10).saturating_sub(seen_down)).await;
     broker.proxy.restore();
 
     // Recovery without a restart: new messages, and nothing twice.
     produce(&addr, &topic, 1, 500..1_000).await;
-    wait("after the outage".into(), "orders", 1_004, 120).await;
+    events.wait("after the outage", "orders", 1_004, 120).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(count("orders").await, 1_004, "none lost, none twice");
-    let distinct: i64 = sqlx::query_scalar("SELECT count(DISTINCT dedup_key) FROM asset_event")
-        .fetch_one(&pool)
-        .await
-        .expect("distinct");
-    assert_eq!(distinct, 1_024);
+    assert_eq!(events.count("orders").await, 1_004, "none lost, none twice");
+    assert_eq!(events.distinct_keys().await, 1_024);
     eprintln!(
         "outage seen in `triggers list` after {seen_down:?}: {error}; 1,004 messages → 1,004 events"
     );
+}
+
+/// The broker itself is killed (SIGKILL) mid-stream and started again on its stored log: the
+/// triggerer's consumer reconnects by itself, and every message is one event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_killed_and_restarted_mid_stream_loses_and_repeats_nothing() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut broker = BrokerBehindProxy::start(&format!(
+        "sqlite://{}",
+        dir.path().join("tansu.db").display()
+    ));
+    let addr = broker.addr();
+    let topic = unique("restart");
+    create_topic(&addr, &topic, 3).await;
+    produce(&addr, &topic, 3, 0..3_000).await;
+
+    let url = format!("sqlite://{}", dir.path().join("k.db").display());
+    let defs = common::write_file(
+        dir.path(),
+        "dags.toml",
+        &format!(
+            r#"
+[[asset]]
+name = "orders"
+[[asset.watcher]]
+name = "topic"
+classpath = "kafka.AwaitMessageTrigger"
+kwargs = {{ topics = ["{topic}"], bootstrap_servers = "{addr}", group_id = "{group}", kafka_config = {{ "session.timeout.ms" = 6000, "max.poll.interval.ms" = 10000 }} }}
+"#,
+            group = unique("g"),
+        ),
+    );
+    common::sync_definitions(&url, &defs);
+    let log = dir.path().join("run.log");
+    let _triggerer = common::standalone(&url, &log);
+    let events = Events::open(&url, log).await;
+    events
+        .wait("before the broker dies", "orders", 1_000, 120)
+        .await;
+    broker.kill();
+    let at_kill = events.count("orders").await;
+    // Down for longer than the session timeout: the consumer that lost the broker leaves a
+    // member in the stored group that tansu keeps until then (see the kill -9 test).
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    broker.restart();
+    produce(&addr, &topic, 3, 3_000..5_000).await;
+    events
+        .wait("after the broker restarted", "orders", 5_000, 180)
+        .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(events.count("orders").await, 5_000, "none lost, none twice");
+    assert_eq!(events.distinct_keys().await, 5_000);
+    eprintln!("{at_kill} events when the broker was killed; 5,000 after its restart");
 }
