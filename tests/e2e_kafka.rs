@@ -297,13 +297,14 @@ struct BrokerBehindProxy {
     proxy: common::FaultyProxy,
     port: u16,
     storage: String,
+    dir: std::path::PathBuf,
     broker: Option<common::KillOnDrop>,
 }
 
 impl BrokerBehindProxy {
     /// `storage`: tansu's storage engine URL (`memory://tansu/`, or `sqlite://FILE` to survive
-    /// a restart).
-    fn start(storage: &str) -> Self {
+    /// a restart; tansu takes FILE relative to its working directory, `dir`).
+    fn start(storage: &str, dir: &std::path::Path) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("a free port")
@@ -312,6 +313,7 @@ impl BrokerBehindProxy {
             proxy: common::FaultyProxy::start(&format!("127.0.0.1:{port}")),
             port,
             storage: storage.to_string(),
+            dir: dir.to_path_buf(),
             broker: None,
         };
         broker.restart();
@@ -330,6 +332,7 @@ impl BrokerBehindProxy {
                 "--storage-engine",
                 &self.storage,
             ])
+            .current_dir(&self.dir)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
@@ -422,7 +425,8 @@ impl Events {
 /// empty, a tombstone. Each is stored, in its raw form, and the partition goes on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_outage_fails_only_kafka_watchers_and_poison_messages_are_kept() {
-    let broker = BrokerBehindProxy::start("memory://tansu/");
+    let tansu_dir = tempfile::tempdir().expect("temp dir");
+    let broker = BrokerBehindProxy::start("memory://tansu/", tansu_dir.path());
     let addr = broker.addr();
     let topic = unique("outage");
     create_topic(&addr, &topic, 1).await;
@@ -569,10 +573,7 @@ kwargs = {{ filepath = "{incoming}/*.dat" }}
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_killed_and_restarted_mid_stream_loses_and_repeats_nothing() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut broker = BrokerBehindProxy::start(&format!(
-        "sqlite://{}",
-        dir.path().join("tansu.db").display()
-    ));
+    let mut broker = BrokerBehindProxy::start("sqlite://tansu.db", dir.path());
     let addr = broker.addr();
     let topic = unique("restart");
     create_topic(&addr, &topic, 3).await;
