@@ -399,6 +399,17 @@ max_active_runs = 100000
         &runs,
         &format!("scheduler log:\n{}", tail("scheduler")),
     );
+    // Cut off for longer than the health threshold, it stopped its triggers itself (others
+    // would have claimed them), and ran them again once the database answered.
+    let log = std::fs::read_to_string(cluster.log("run")).unwrap_or_default();
+    let stopped = log
+        .find("no heartbeat within the health threshold; stopping all triggers")
+        .unwrap_or_else(|| panic!("the triggerer never stopped its triggers:\n{}", tail("run")));
+    assert!(
+        log[stopped..].contains("trigger started"),
+        "the trigger ran again after the outage:\n{}",
+        tail("run")
+    );
     eprintln!(
         "{written} files → {} events ({before_outage} before the outage, {during_outage} when \
          it ended), consumed once each by {} runs",
