@@ -164,9 +164,13 @@ impl Store {
         let lock = self.skip_locked();
         with_db!(self, pool => {
             let mut tx = pool.begin_with(self.begin_write()).await?;
-            // Only DAGs with a startable run, so full DAGs never crowd the others out.
+            // Only DAGs with a startable run, so full DAGs never crowd the others out. The
+            // uncorrelated `IN` drives the query from the queued runs (an index), so its cost
+            // does not grow with the number of DAGs.
             let dags: Vec<(String, i64)> = sqlx::query_as(&format!(
-                "SELECT d.dag_id, d.max_active_runs FROM dag d WHERE d.is_paused = FALSE AND EXISTS ( \
+                "SELECT d.dag_id, d.max_active_runs FROM dag d WHERE d.is_paused = FALSE \
+                 AND d.dag_id IN (SELECT q.dag_id FROM dag_run q WHERE q.state = 'queued' AND q.run_after <= $1) \
+                 AND EXISTS ( \
                    SELECT 1 FROM dag_run r WHERE r.dag_id = d.dag_id AND r.state = 'queued' AND r.run_after <= $1 \
                    AND (SELECT count(*) FROM dag_run x WHERE x.dag_id = r.dag_id AND x.state = 'running' \
                         AND (x.run_type = 'backfill') = (r.run_type = 'backfill')) < d.max_active_runs) \
