@@ -2,8 +2,9 @@
 //! fresh database (a temporary SQLite file, or a new PostgreSQL database that is dropped after).
 //! Timings are printed, never asserted: the machines are shared and noisy.
 //!
-//! So far it measures the scheduler (issue 6, part 4): creating the runs of 10,000 due DAGs, and
-//! one pass over 100,000 DAGs when nothing is due.
+//! So far it measures watcher density (N file watchers in one triggerer: time until all have
+//! started, resident memory, idle CPU) and the scheduler (creating the runs of 10,000 due DAGs,
+//! and one pass over 100,000 DAGs when nothing is due).
 
 use std::time::{Duration, Instant};
 
@@ -17,6 +18,12 @@ use triggerer::scheduler;
 use triggerer::store::Store;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Part {
+    Density,
+    Scheduler,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Engine {
     Sqlite,
     Postgres,
@@ -25,6 +32,15 @@ enum Engine {
 #[derive(Debug, Parser)]
 #[command(about = "Measure triggerer; prints one line per figure")]
 struct Args {
+    /// What to measure (everything by default).
+    #[arg(long, value_enum, num_args = 1.., default_values_t = [Part::Density, Part::Scheduler])]
+    part: Vec<Part>,
+    /// Watcher counts for the density figures.
+    #[arg(long, num_args = 1.., default_values_t = [1_000, 10_000, 100_000])]
+    watchers: Vec<usize>,
+    /// Seconds of idling over which the idle CPU is measured.
+    #[arg(long, default_value_t = 10)]
+    idle_seconds: u64,
     /// Which engines to measure (both by default).
     #[arg(long, value_enum, num_args = 1.., default_values_t = [Engine::Sqlite, Engine::Postgres])]
     engine: Vec<Engine>,
@@ -199,11 +215,114 @@ async fn bench_scheduler(engine: Engine, args: &Args) -> Result<()> {
     db.remove().await
 }
 
+/// This process's resident memory (bytes) and CPU time used so far.
+fn rss_and_cpu() -> Result<(u64, Duration)> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    let rss_kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .context("no VmRSS in /proc/self/status")?;
+    let stat = std::fs::read_to_string("/proc/self/stat")?;
+    // Fields after the command name (which may hold spaces): utime is the 14th, stime the 15th.
+    let after = stat
+        .rsplit_once(')')
+        .map_or(stat.as_str(), |(_, rest)| rest);
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // Linux reports these in clock ticks of 1/100 s (USER_HZ).
+    let cpu = Duration::from_millis((ticks(11) + ticks(12)) * 10);
+    Ok((rss_kib * 1024, cpu))
+}
+
+/// N file watchers, one per file, over 100 directories, in one triggerer: each trigger's start-up
+/// scan finds its file and emits one event, so N committed events mean N started watchers.
+async fn bench_density(engine: Engine, watchers: usize, args: &Args) -> Result<()> {
+    let name = format!("{engine:?}").to_lowercase();
+    let db = FreshDb::create(engine, &args.postgres_url, &format!("density{watchers}")).await?;
+    let files = tempfile::tempdir()?;
+    let mut text = String::with_capacity(watchers * 120);
+    text.push_str("[[asset]]\nname = \"landing\"\n");
+    for i in 0..watchers {
+        let dir = files.path().join(format!("d{:02}", i % 100));
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(dir.join(format!("f{i:06}.dat")), b"x")?;
+        // A glob that matches this one file: each watcher is its own trigger.
+        text.push_str(&format!(
+            "[[asset.watcher]]\nname = \"w{i}\"\nclasspath = \"file.FileTrigger\"\nkwargs = {{ filepath = \"{}/f{i:06}.*\" }}\n",
+            dir.display()
+        ));
+    }
+    let registry = triggerer::registry::builtin_providers();
+    let plan = load_str("density.toml", &text, &registry).map_err(|e| anyhow::anyhow!("{e}"))?;
+    db.store.apply_definitions(&plan).await?;
+
+    let (rss_before, _) = rss_and_cpu()?;
+    let options = triggerer::triggerer::TriggererOptions {
+        capacity: watchers,
+        max_triggers_per_loop: watchers,
+        ..Default::default()
+    };
+    let shutdown = triggerer_sdk::CancellationToken::new();
+    let started = Instant::now();
+    let task = tokio::spawn(triggerer::triggerer::run(
+        db.store.clone(),
+        registry,
+        options,
+        shutdown.clone(),
+        std::sync::Arc::new(tokio::sync::Notify::new()),
+    ));
+    let deadline = started + Duration::from_secs(600);
+    loop {
+        let events: i64 = db.store.count_asset_events().await?;
+        progress(&format!("{name}: {watchers} watchers: {events} started"));
+        if events as usize >= watchers {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "only {events} of {watchers} watchers started within 600 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let all_running = started.elapsed();
+    tokio::time::sleep(Duration::from_secs(2)).await; // let the last commits settle
+    let (_, cpu_before) = rss_and_cpu()?;
+    let idle = Instant::now();
+    tokio::time::sleep(Duration::from_secs(args.idle_seconds)).await;
+    let (rss, cpu_after) = rss_and_cpu()?;
+    let idle_cpu = (cpu_after - cpu_before).as_secs_f64() / idle.elapsed().as_secs_f64();
+    progress("");
+    println!(
+        "{name}: density: {watchers} file watchers all started in {:.2} s; resident {:.0} MiB ({:.0} MiB more than before they started); idle CPU {:.1} % of one core",
+        all_running.as_secs_f64(),
+        rss as f64 / 1048576.0,
+        rss.saturating_sub(rss_before) as f64 / 1048576.0,
+        idle_cpu * 100.0
+    );
+    shutdown.cancel();
+    task.await??;
+    db.remove().await
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
     for engine in args.engine.clone() {
-        bench_scheduler(engine, &args).await?;
+        if args.part.contains(&Part::Density) {
+            for &watchers in &args.watchers {
+                bench_density(engine, watchers, &args).await?;
+            }
+        }
+        if args.part.contains(&Part::Scheduler) {
+            bench_scheduler(engine, &args).await?;
+        }
     }
     Ok(())
 }

@@ -236,6 +236,13 @@ impl Store {
         })
     }
 
+    /// How many asset events are stored (benchmarks and health checks).
+    pub async fn count_asset_events(&self) -> Result<i64> {
+        with_db!(self, pool => {
+            Ok(sqlx::query_scalar("SELECT count(*) FROM asset_event").fetch_one(pool).await?)
+        })
+    }
+
     /// Every trigger, with its state as seen now by a triggerer using `health_threshold`.
     pub async fn list_triggers(
         &self,
