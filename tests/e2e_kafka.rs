@@ -24,14 +24,6 @@ fn broker() -> String {
     addr
 }
 
-fn unique(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    format!("{prefix}-{}-{nanos}", std::process::id())
-}
-
 async fn create_topic(addr: &str, topic: &str, partitions: i32) {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", addr)
@@ -98,7 +90,7 @@ async fn count_events(pool: &sqlx::SqlitePool) -> i64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_messages_with_kill_9_become_exactly_ten_thousand_events() {
     let addr = broker();
-    let topic = unique("orders");
+    let topic = common::unique("orders");
     create_topic(&addr, &topic, 3).await;
     produce(&addr, &topic, 3, 0..5_000).await;
 
@@ -124,7 +116,7 @@ name = "same-topic-via-uri"
 classpath = "MessageQueueTrigger"
 kwargs = {{ queue = "kafka://{addr}/{topic}", group_id = "{group}-uri", kafka_config = {{ "session.timeout.ms" = 6000, "max.poll.interval.ms" = 10000, "debug" = "cgrp" }} }}
 "#,
-            group = unique("g")
+            group = common::unique("g")
         ),
     );
     common::sync_definitions(&url, &defs);
@@ -227,12 +219,12 @@ kwargs = {{ queue = "kafka://{addr}/{topic}", group_id = "{group}-uri", kafka_co
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_consumer_serves_a_hundred_watchers_and_a_dead_cluster_fails_alone() {
     let addr = broker();
-    let topics: Vec<String> = (0..10).map(|i| unique(&format!("t{i}"))).collect();
+    let topics: Vec<String> = (0..10).map(|i| common::unique(&format!("t{i}"))).collect();
     for t in &topics {
         create_topic(&addr, t, 1).await;
     }
     let provider = triggerer_provider_kafka::KafkaProvider::new();
-    let group = unique("shared");
+    let group = common::unique("shared");
     let mut runs = Vec::new();
     for i in 0..100 {
         let kwargs = json!({"topics": [topics[i % 10], topics[i / 10]], "bootstrap_servers": addr, "group_id": group});
@@ -371,56 +363,6 @@ impl BrokerBehindProxy {
     }
 }
 
-/// Asset events in a test's SQLite database, read while the triggerer writes them.
-struct Events {
-    pool: sqlx::SqlitePool,
-    log: std::path::PathBuf,
-}
-
-impl Events {
-    async fn open(url: &str, log: std::path::PathBuf) -> Self {
-        let pool = sqlx::SqlitePool::connect(url).await.expect("read pool");
-        Self { pool, log }
-    }
-
-    async fn count(&self, asset: &str) -> i64 {
-        sqlx::query_scalar(
-            "SELECT count(*) FROM asset_event e JOIN asset a ON a.id = e.asset_id WHERE a.name = ?",
-        )
-        .bind(asset)
-        .fetch_one(&self.pool)
-        .await
-        .expect("count")
-    }
-
-    async fn distinct_keys(&self) -> i64 {
-        sqlx::query_scalar("SELECT count(DISTINCT dedup_key) FROM asset_event")
-            .fetch_one(&self.pool)
-            .await
-            .expect("distinct")
-    }
-
-    /// Waits until `asset` has `n` events; on a timeout, fails with the triggerer's log.
-    async fn wait(&self, what: &str, asset: &str, n: i64, secs: u64) {
-        let deadline = Instant::now() + Duration::from_secs(secs);
-        loop {
-            let c = self.count(asset).await;
-            if c >= n {
-                return;
-            }
-            if Instant::now() > deadline {
-                let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-                let tail: Vec<&str> = log.lines().rev().take(30).collect();
-                panic!(
-                    "{what}: {c} of {n} events; log, newest first:\n{}",
-                    tail.join("\n")
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-}
-
 /// Values that are poison elsewhere: bigger than librdkafka's default fetch sizes, not UTF-8,
 /// empty, a tombstone. Each is stored, in its raw form, and the partition goes on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -428,7 +370,7 @@ async fn broker_outage_fails_only_kafka_watchers_and_poison_messages_are_kept() 
     let tansu_dir = tempfile::tempdir().expect("temp dir");
     let broker = BrokerBehindProxy::start("memory://tansu/", tansu_dir.path());
     let addr = broker.addr();
-    let topic = unique("outage");
+    let topic = common::unique("outage");
     create_topic(&addr, &topic, 1).await;
     let big: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
     {
@@ -480,14 +422,14 @@ name = "incoming"
 classpath = "file.FileTrigger"
 kwargs = {{ filepath = "{incoming}/*.dat" }}
 "#,
-            group = unique("g"),
+            group = common::unique("g"),
             incoming = incoming.display()
         ),
     );
     common::sync_definitions(&url, &defs);
     let log = dir.path().join("run.log");
     let _triggerer = common::standalone(&url, &log);
-    let events = Events::open(&url, log).await;
+    let events = common::Events::open(&url, log).await;
     let pool = &events.pool;
     events.wait("before the outage", "orders", 504, 60).await;
 
@@ -521,27 +463,11 @@ kwargs = {{ filepath = "{incoming}/*.dat" }}
     // Outage: every connection to the broker is cut and refused.
     broker.proxy.outage();
     let cut_at = Instant::now();
-    let error = loop {
-        let out = std::process::Command::new(common::BIN)
-            .args(["triggers", "list", "--json"])
-            .env("TRIGGERER_DATABASE_URL", &url)
-            .output()
-            .expect("triggers list");
-        let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("json");
-        let kafka = rows
-            .iter()
-            .find(|t| t["classpath"] == "kafka.AwaitMessageTrigger")
-            .expect("the kafka trigger")
-            .clone();
-        if kafka["state"] == "failing" {
-            break kafka["last_error"].as_str().unwrap_or_default().to_string();
-        }
-        assert!(
-            cut_at.elapsed() < Duration::from_secs(60),
-            "the outage never showed in `triggers list`: {kafka}"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    };
+    let kafka = common::wait_for_failing(&url, Duration::from_secs(60), |t| {
+        t["classpath"] == "kafka.AwaitMessageTrigger"
+    })
+    .await;
+    let error = kafka["last_error"].as_str().unwrap_or_default().to_string();
     assert!(
         error.contains(&addr),
         "the error names the cluster: {error}"
@@ -575,7 +501,7 @@ async fn broker_killed_and_restarted_mid_stream_loses_and_repeats_nothing() {
     let dir = tempfile::tempdir().expect("temp dir");
     let mut broker = BrokerBehindProxy::start("sqlite://tansu.db", dir.path());
     let addr = broker.addr();
-    let topic = unique("restart");
+    let topic = common::unique("restart");
     create_topic(&addr, &topic, 3).await;
     produce(&addr, &topic, 3, 0..3_000).await;
 
@@ -592,13 +518,13 @@ name = "topic"
 classpath = "kafka.AwaitMessageTrigger"
 kwargs = {{ topics = ["{topic}"], bootstrap_servers = "{addr}", group_id = "{group}", kafka_config = {{ "session.timeout.ms" = 6000, "max.poll.interval.ms" = 10000 }} }}
 "#,
-            group = unique("g"),
+            group = common::unique("g"),
         ),
     );
     common::sync_definitions(&url, &defs);
     let log = dir.path().join("run.log");
     let _triggerer = common::standalone(&url, &log);
-    let events = Events::open(&url, log).await;
+    let events = common::Events::open(&url, log).await;
     events
         .wait("before the broker dies", "orders", 1_000, 120)
         .await;

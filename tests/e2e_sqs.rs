@@ -208,14 +208,7 @@ async fn missing_queue_and_endpoint_outage_fail_alone_and_recover() {
     let sqs = client(&endpoint).await;
     let proxy = common::FaultyProxy::start(&common::host_port(&endpoint));
     let proxied = format!("http://127.0.0.1:{}", proxy.port);
-    let tag = format!(
-        "{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis())
-            .unwrap_or(0)
-    );
+    let tag = common::unique("q");
     let behind_proxy = queue_with(&sqs, &format!("proxied-{tag}"), 40).await;
     let big = "x".repeat(200_000);
     send(
@@ -258,65 +251,16 @@ kwargs = {{ sqs_queue = "{later}", endpoint_url = "{endpoint}", region_name = "u
     common::sync_definitions(&url, &defs);
     let log = dir.path().join("run.log");
     let _triggerer = common::standalone(&url, &log);
-    let pool = sqlx::SqlitePool::connect(&url).await.expect("read pool");
-    let count = |asset: &'static str| {
-        let pool = pool.clone();
-        async move {
-            sqlx::query_scalar::<_, i64>("SELECT count(*) FROM asset_event e JOIN asset a ON a.id = e.asset_id WHERE a.name = ?")
-                .bind(asset)
-                .fetch_one(&pool)
-                .await
-                .expect("count")
-        }
-    };
-    let wait_for = |asset: &'static str, n: i64, secs: u64| {
-        let count = &count;
-        let log = &log;
-        async move {
-            let deadline = Instant::now() + Duration::from_secs(secs);
-            loop {
-                let c = count(asset).await;
-                if c >= n {
-                    return;
-                }
-                if Instant::now() > deadline {
-                    let log = std::fs::read_to_string(log).unwrap_or_default();
-                    let tail: Vec<&str> = log.lines().rev().take(30).collect();
-                    panic!(
-                        "{asset}: {c} of {n} events; log, newest first:\n{}",
-                        tail.join("\n")
-                    );
-                }
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        }
-    };
-    let trigger_of = |queue: String| {
-        let url = url.clone();
-        async move {
-            let deadline = Instant::now() + Duration::from_secs(60);
-            loop {
-                let out = std::process::Command::new(common::BIN)
-                    .args(["triggers", "list", "--json"])
-                    .env("TRIGGERER_DATABASE_URL", &url)
-                    .output()
-                    .expect("triggers list");
-                let rows: Vec<serde_json::Value> =
-                    serde_json::from_slice(&out.stdout).expect("json");
-                let row = rows
-                    .into_iter()
-                    .find(|t| t["kwargs"]["sqs_queue"] == queue.as_str())
-                    .expect("its trigger");
-                if row["state"] == "failing" || Instant::now() > deadline {
-                    return row;
-                }
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-        }
+    let events = common::Events::open(&url, log).await;
+    let pool = &events.pool;
+    let failing = |queue: String| {
+        common::wait_for_failing(&url, Duration::from_secs(60), move |t| {
+            t["kwargs"]["sqs_queue"] == queue.as_str()
+        })
     };
 
-    wait_for("proxied", 43, 120).await;
-    let missing = trigger_of(later.clone()).await;
+    events.wait("proxied", "proxied", 43, 120).await;
+    let missing = failing(later.clone()).await;
     assert_eq!(missing["state"], "failing", "{missing}");
     assert!(
         missing["last_error"]
@@ -330,7 +274,7 @@ kwargs = {{ sqs_queue = "{later}", endpoint_url = "{endpoint}", region_name = "u
          FROM asset_event WHERE length(json_extract(extra, '$.payload.body')) >= 100000 \
          OR json_extract(extra, '$.payload.body') = '{\"broken\": '",
     )
-    .fetch_all(&pool)
+    .fetch_all(pool)
     .await
     .expect("poison rows");
     assert_eq!(
@@ -355,7 +299,7 @@ kwargs = {{ sqs_queue = "{later}", endpoint_url = "{endpoint}", region_name = "u
         .expect("url");
     assert_eq!(created, later);
     send(&sqs, &later, (0..10).map(|i| format!("later {i}"))).await;
-    wait_for("later", 10, 120).await;
+    events.wait("later", "later", 10, 120).await;
 
     // The proxied endpoint goes away: only its watcher fails; the other goes on.
     proxy.outage();
@@ -365,20 +309,16 @@ kwargs = {{ sqs_queue = "{later}", endpoint_url = "{endpoint}", region_name = "u
         (0..20).map(|i| format!("during outage {i}")),
     )
     .await;
-    let cut = trigger_of(behind_proxy.clone()).await;
+    let cut = failing(behind_proxy.clone()).await;
     assert_eq!(cut["state"], "failing", "{cut}");
     send(&sqs, &later, (10..15).map(|i| format!("later {i}"))).await;
-    wait_for("later", 15, 60).await;
+    events.wait("later", "later", 15, 60).await;
     proxy.restore();
-    wait_for("proxied", 63, 180).await;
+    events.wait("proxied", "proxied", 63, 180).await;
     tokio::time::sleep(Duration::from_secs(12)).await; // past a visibility timeout: repeats show
-    assert_eq!(count("proxied").await, 63, "none lost, none twice");
-    assert_eq!(count("later").await, 15, "none lost, none twice");
-    let distinct: i64 = sqlx::query_scalar("SELECT count(DISTINCT dedup_key) FROM asset_event")
-        .fetch_one(&pool)
-        .await
-        .expect("distinct");
-    assert_eq!(distinct, 78);
+    assert_eq!(events.count("proxied").await, 63, "none lost, none twice");
+    assert_eq!(events.count("later").await, 15, "none lost, none twice");
+    assert_eq!(events.distinct_keys().await, 78);
     eprintln!(
         "missing queue: {}; endpoint cut: {}",
         missing["last_error"], cut["last_error"]

@@ -284,3 +284,89 @@ pub fn assert_consumed_once(
         "every event consumed by exactly one run; {context}"
     );
 }
+
+/// `prefix-PID-NANOS`: names (topics, queues, groups) no other run of the suite uses.
+pub fn unique(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!("{prefix}-{}-{nanos}", std::process::id())
+}
+
+/// Asset events in a test's SQLite database, read while the triggerer writes them.
+pub struct Events {
+    pub pool: sqlx::SqlitePool,
+    log: std::path::PathBuf,
+}
+
+impl Events {
+    pub async fn open(url: &str, log: std::path::PathBuf) -> Self {
+        let pool = sqlx::SqlitePool::connect(url).await.expect("read pool");
+        Self { pool, log }
+    }
+
+    pub async fn count(&self, asset: &str) -> i64 {
+        sqlx::query_scalar(
+            "SELECT count(*) FROM asset_event e JOIN asset a ON a.id = e.asset_id WHERE a.name = ?",
+        )
+        .bind(asset)
+        .fetch_one(&self.pool)
+        .await
+        .expect("count")
+    }
+
+    pub async fn distinct_keys(&self) -> i64 {
+        sqlx::query_scalar("SELECT count(DISTINCT dedup_key) FROM asset_event")
+            .fetch_one(&self.pool)
+            .await
+            .expect("distinct")
+    }
+
+    /// Waits until `asset` has `n` events; on a timeout, fails with the triggerer's log.
+    pub async fn wait(&self, what: &str, asset: &str, n: i64, secs: u64) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+        loop {
+            let c = self.count(asset).await;
+            if c >= n {
+                return;
+            }
+            if std::time::Instant::now() > deadline {
+                let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(30).collect();
+                panic!(
+                    "{what}: {c} of {n} events; log, newest first:\n{}",
+                    tail.join("\n")
+                );
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// Polls `triggers list --json` until the trigger `which` picks shows state `failing`, and
+/// returns its row; fails the test after `within`.
+pub async fn wait_for_failing(
+    db_url: &str,
+    within: std::time::Duration,
+    which: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let out = std::process::Command::new(BIN)
+            .args(["triggers", "list", "--json"])
+            .env("TRIGGERER_DATABASE_URL", db_url)
+            .output()
+            .expect("triggers list");
+        let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("json");
+        let row = rows.into_iter().find(|t| which(t)).expect("the trigger");
+        if row["state"] == "failing" {
+            return row;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the trigger never showed as failing within {within:?}: {row}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+}
