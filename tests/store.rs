@@ -10,7 +10,7 @@ use serde_json::json;
 use triggerer::definitions;
 use triggerer::registry::builtin_providers;
 use triggerer::scheduler;
-use triggerer::store::{ManualRun, NewEvent, Origin, Store, StoreError, TRIGGERER_JOB};
+use triggerer::store::{Claim, ManualRun, NewEvent, Origin, Store, StoreError, TRIGGERER_JOB};
 use triggerer_sdk::{Checkpoint, NotCommitted};
 
 async fn sync(store: &Store, text: &str) {
@@ -188,14 +188,20 @@ store_test!(fencing_and_checkpoints, |store| {
             .assign_unassigned(owner, 10, 50, alive_since)
             .await
             .unwrap(),
-        1
+        Claim {
+            claimed: 1,
+            owned: 1
+        }
     );
     assert_eq!(
         store
             .assign_unassigned(other, 10, 50, alive_since)
             .await
             .unwrap(),
-        0,
+        Claim {
+            claimed: 0,
+            owned: 0
+        },
         "owner is alive"
     );
     let trigger = store.triggers_for(owner).await.unwrap().remove(0);
@@ -233,7 +239,10 @@ store_test!(fencing_and_checkpoints, |store| {
             .assign_unassigned(other, 10, 50, alive_since)
             .await
             .unwrap(),
-        1
+        Claim {
+            claimed: 1,
+            owned: 1
+        }
     );
 });
 
@@ -252,7 +261,10 @@ store_test!(
                 .assign_unassigned(dead, 3, 2, now - Duration::seconds(30))
                 .await
                 .unwrap(),
-            2,
+            Claim {
+                claimed: 2,
+                owned: 2
+            },
             "per-loop limit"
         );
         assert_eq!(
@@ -260,7 +272,10 @@ store_test!(
                 .assign_unassigned(dead, 3, 2, now - Duration::seconds(30))
                 .await
                 .unwrap(),
-            1,
+            Claim {
+                claimed: 1,
+                owned: 3
+            },
             "capacity"
         );
         assert_eq!(
@@ -268,7 +283,10 @@ store_test!(
                 .assign_unassigned(dead, 3, 2, now - Duration::seconds(30))
                 .await
                 .unwrap(),
-            0
+            Claim {
+                claimed: 0,
+                owned: 3
+            }
         );
         let live = store.create_job(TRIGGERER_JOB, "h2").await.unwrap();
         // With a threshold in the future, `dead`'s heartbeat counts as too old.
@@ -276,7 +294,14 @@ store_test!(
             .assign_unassigned(live, 10, 50, now + Duration::seconds(1))
             .await
             .unwrap();
-        assert_eq!(claimed, 5, "unowned and dead-owned triggers are claimed");
+        assert_eq!(
+            claimed,
+            Claim {
+                claimed: 5,
+                owned: 5
+            },
+            "unowned and dead-owned triggers are claimed"
+        );
     }
 );
 

@@ -6,20 +6,30 @@
 //! started, resident memory, idle CPU) and the scheduler (creating the runs of 10,000 due DAGs,
 //! and one pass over 100,000 DAGs when nothing is due).
 
-use std::time::{Duration, Instant};
+//! `triggerer-bench`: the figures in `docs/benchmarks.md`, measured through the library on a
+//! fresh database (a temporary SQLite file, or a new PostgreSQL database that is dropped after).
+//! Timings are printed, never asserted: the machines are shared and noisy.
+//!
+//! - [`density`]: N idle file watchers in one triggerer (start-up time, memory, idle CPU);
+//! - [`kafka`]: events/s from a Kafka backlog to committed asset events, and produce → commit →
+//!   run latency at a fixed rate;
+//! - [`scheduler`]: runs for N due DAGs, and one pass over N DAGs when nothing is due.
+//!
+//! `scripts/bench.sh` starts what it needs (PostgreSQL, the Kafka test broker) and runs it.
+
+mod density;
+mod kafka;
+mod scheduler;
 
 use anyhow::{Context, Result};
-use chrono::{DateTime, Utc};
 use clap::{Parser, ValueEnum};
 use sqlx::Connection;
-use triggerer::definitions::load_str;
-use triggerer::registry::ProviderRegistry;
-use triggerer::scheduler;
 use triggerer::store::Store;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Part {
     Density,
+    Kafka,
     Scheduler,
 }
 
@@ -33,7 +43,7 @@ enum Engine {
 #[command(about = "Measure triggerer; prints one line per figure")]
 struct Args {
     /// What to measure (everything by default).
-    #[arg(long, value_enum, num_args = 1.., default_values_t = [Part::Density, Part::Scheduler])]
+    #[arg(long, value_enum, num_args = 1.., default_values_t = [Part::Density, Part::Kafka, Part::Scheduler])]
     part: Vec<Part>,
     /// Watcher counts for the density figures.
     #[arg(long, num_args = 1.., default_values_t = [1_000, 10_000, 100_000])]
@@ -60,11 +70,31 @@ struct Args {
     /// Idle passes to time (the median is reported).
     #[arg(long, default_value_t = 21)]
     idle_passes: usize,
+    /// The Kafka broker for the throughput and latency figures.
+    #[arg(long, env = "TRIGGERER_TEST_KAFKA", default_value = "127.0.0.1:19092")]
+    kafka: String,
+    /// Messages in the throughput backlog.
+    #[arg(long, default_value_t = 200_000)]
+    messages: usize,
+    /// Partitions of the throughput topic.
+    #[arg(long, default_value_t = 4)]
+    partitions: i32,
+    /// Messages per second for the latency figures.
+    #[arg(long, default_value_t = 1_000)]
+    rate: u32,
+    /// How long messages are produced at `rate`.
+    #[arg(long, default_value_t = 20)]
+    latency_seconds: u64,
+    /// `fetch.wait.max.ms` of the latency consumers. tansu answers a fetch only when this
+    /// expires (Kafka answers as soon as data arrives), so its 500 ms default would be measured.
+    #[arg(long, default_value_t = 10)]
+    fetch_wait_ms: u32,
 }
 
 /// A fresh database, removed when dropped (PostgreSQL: dropped by [`FreshDb::remove`]).
 struct FreshDb {
     store: Store,
+    url: String,
     _dir: Option<tempfile::TempDir>,
     postgres: Option<(String, String)>,
 }
@@ -77,6 +107,7 @@ impl FreshDb {
                 let url = format!("sqlite://{}", dir.path().join("bench.db").display());
                 Ok(Self {
                     store: Store::connect(&url).await?,
+                    url,
                     _dir: Some(dir),
                     postgres: None,
                 })
@@ -92,8 +123,10 @@ impl FreshDb {
                 let base = postgres_url
                     .rsplit_once('/')
                     .map_or(postgres_url, |(b, _)| b);
+                let url = format!("{base}/{name}");
                 Ok(Self {
-                    store: Store::connect(&format!("{base}/{name}")).await?,
+                    store: Store::connect(&url).await?,
+                    url,
                     _dir: None,
                     postgres: Some((postgres_url.to_string(), name)),
                 })
@@ -120,208 +153,33 @@ fn progress(line: &str) {
     }
 }
 
-/// `count` cron DAGs; `schedule` and `start_date` decide whether they are due.
-async fn define_dags(store: &Store, count: usize, schedule: &str, start: &str) -> Result<()> {
-    let mut text = String::with_capacity(count * 80);
-    for i in 0..count {
-        text.push_str(&format!(
-            "[[dag]]\ndag_id = \"d{i:06}\"\nschedule = \"{schedule}\"\nstart_date = {start}\n"
-        ));
+/// The `q` quantile (0..=1) of `sorted` by nearest rank; 0 when empty.
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
     }
-    let plan = load_str("bench.toml", &text, &ProviderRegistry::default())
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    store.apply_definitions(&plan).await?;
-    scheduler::refresh_next_dagruns(store, triggerer::time::now()).await?;
-    Ok(())
-}
-
-/// Runs passes at `now` until one creates nothing; returns the runs created.
-async fn create_due_runs(store: &Store, now: DateTime<Utc>, expected: usize) -> Result<usize> {
-    let mut created = 0;
-    loop {
-        let report = scheduler::pass(store, now, None, 100).await?;
-        if report.scheduled_created == 0 {
-            return Ok(created);
-        }
-        created += report.scheduled_created;
-        progress(&format!("  runs created: {created}/{expected}"));
-    }
-}
-
-fn median(mut samples: Vec<Duration>) -> Duration {
-    samples.sort_unstable();
-    samples[samples.len() / 2]
-}
-
-async fn bench_scheduler(engine: Engine, args: &Args) -> Result<()> {
-    let name = format!("{engine:?}").to_lowercase();
-
-    let db = FreshDb::create(engine, &args.postgres_url, "due").await?;
-    progress(&format!("{name}: defining {} due DAGs", args.due_dags));
-    let setup = Instant::now();
-    define_dags(
-        &db.store,
-        args.due_dags,
-        "0 * * * *",
-        "2025-01-01T00:00:00Z",
-    )
-    .await?;
-    let setup = setup.elapsed();
-    let started = Instant::now();
-    let created = create_due_runs(&db.store, triggerer::time::now(), args.due_dags).await?;
-    let elapsed = started.elapsed();
-    progress("");
-    println!(
-        "{name}: scheduler: {created} runs for {} due DAGs in {:.2} s ({:.0} runs/s; definitions synced in {:.1} s)",
-        args.due_dags,
-        elapsed.as_secs_f64(),
-        created as f64 / elapsed.as_secs_f64(),
-        setup.as_secs_f64()
-    );
-    db.remove().await?;
-
-    let db = FreshDb::create(engine, &args.postgres_url, "idle").await?;
-    progress(&format!("{name}: defining {} idle DAGs", args.idle_dags));
-    let setup = Instant::now();
-    define_dags(
-        &db.store,
-        args.idle_dags,
-        "0 0 1 1 *",
-        "2099-01-01T00:00:00Z",
-    )
-    .await?;
-    let setup = setup.elapsed();
-    let mut samples = Vec::with_capacity(args.idle_passes);
-    for i in 0..args.idle_passes {
-        let started = Instant::now();
-        let report = scheduler::pass(&db.store, triggerer::time::now(), None, 100).await?;
-        samples.push(started.elapsed());
-        anyhow::ensure!(!report.did_work(), "an idle pass did work: {report:?}");
-        progress(&format!("  idle passes: {}/{}", i + 1, args.idle_passes));
-    }
-    progress("");
-    let (fastest, slowest) = (
-        samples.iter().min().copied().unwrap_or_default(),
-        samples.iter().max().copied().unwrap_or_default(),
-    );
-    println!(
-        "{name}: scheduler: idle pass over {} DAGs: median {:.2} ms (min {:.2}, max {:.2}; definitions synced in {:.1} s)",
-        args.idle_dags,
-        median(samples).as_secs_f64() * 1e3,
-        fastest.as_secs_f64() * 1e3,
-        slowest.as_secs_f64() * 1e3,
-        setup.as_secs_f64()
-    );
-    db.remove().await
-}
-
-/// This process's resident memory (bytes) and CPU time used so far.
-fn rss_and_cpu() -> Result<(u64, Duration)> {
-    let status = std::fs::read_to_string("/proc/self/status")?;
-    let rss_kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .context("no VmRSS in /proc/self/status")?;
-    let stat = std::fs::read_to_string("/proc/self/stat")?;
-    // Fields after the command name (which may hold spaces): utime is the 14th, stime the 15th.
-    let after = stat
-        .rsplit_once(')')
-        .map_or(stat.as_str(), |(_, rest)| rest);
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    // Linux reports these in clock ticks of 1/100 s (USER_HZ).
-    let cpu = Duration::from_millis((ticks(11) + ticks(12)) * 10);
-    Ok((rss_kib * 1024, cpu))
-}
-
-/// N file watchers, one per file, over 100 directories, in one triggerer: each trigger's start-up
-/// scan finds its file and emits one event, so N committed events mean N started watchers.
-async fn bench_density(engine: Engine, watchers: usize, args: &Args) -> Result<()> {
-    let name = format!("{engine:?}").to_lowercase();
-    let db = FreshDb::create(engine, &args.postgres_url, &format!("density{watchers}")).await?;
-    let files = tempfile::tempdir()?;
-    let mut text = String::with_capacity(watchers * 120);
-    text.push_str("[[asset]]\nname = \"landing\"\n");
-    for i in 0..watchers {
-        let dir = files.path().join(format!("d{:02}", i % 100));
-        std::fs::create_dir_all(&dir)?;
-        std::fs::write(dir.join(format!("f{i:06}.dat")), b"x")?;
-        // A glob that matches this one file: each watcher is its own trigger.
-        text.push_str(&format!(
-            "[[asset.watcher]]\nname = \"w{i}\"\nclasspath = \"file.FileTrigger\"\nkwargs = {{ filepath = \"{}/f{i:06}.*\" }}\n",
-            dir.display()
-        ));
-    }
-    let registry = triggerer::registry::builtin_providers();
-    let plan = load_str("density.toml", &text, &registry).map_err(|e| anyhow::anyhow!("{e}"))?;
-    db.store.apply_definitions(&plan).await?;
-
-    let (rss_before, _) = rss_and_cpu()?;
-    let options = triggerer::triggerer::TriggererOptions {
-        capacity: watchers,
-        max_triggers_per_loop: watchers,
-        ..Default::default()
-    };
-    let shutdown = triggerer_sdk::CancellationToken::new();
-    let started = Instant::now();
-    let task = tokio::spawn(triggerer::triggerer::run(
-        db.store.clone(),
-        registry,
-        options,
-        shutdown.clone(),
-        std::sync::Arc::new(tokio::sync::Notify::new()),
-    ));
-    let deadline = started + Duration::from_secs(600);
-    loop {
-        let events: i64 = db.store.count_asset_events().await?;
-        progress(&format!("{name}: {watchers} watchers: {events} started"));
-        if events as usize >= watchers {
-            break;
-        }
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "only {events} of {watchers} watchers started within 600 s"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let all_running = started.elapsed();
-    tokio::time::sleep(Duration::from_secs(2)).await; // let the last commits settle
-    let (_, cpu_before) = rss_and_cpu()?;
-    let idle = Instant::now();
-    tokio::time::sleep(Duration::from_secs(args.idle_seconds)).await;
-    let (rss, cpu_after) = rss_and_cpu()?;
-    let idle_cpu = (cpu_after - cpu_before).as_secs_f64() / idle.elapsed().as_secs_f64();
-    progress("");
-    println!(
-        "{name}: density: {watchers} file watchers all started in {:.2} s; resident {:.0} MiB ({:.0} MiB more than before they started); idle CPU {:.1} % of one core",
-        all_running.as_secs_f64(),
-        rss as f64 / 1048576.0,
-        rss.saturating_sub(rss_before) as f64 / 1048576.0,
-        idle_cpu * 100.0
-    );
-    shutdown.cancel();
-    task.await??;
-    db.remove().await
+    let rank = ((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
 }
 
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
+    if args.part.contains(&Part::Kafka) {
+        kafka::check_broker(&args.kafka)?;
+    }
     for engine in args.engine.clone() {
         if args.part.contains(&Part::Density) {
             for &watchers in &args.watchers {
-                bench_density(engine, watchers, &args).await?;
+                density::bench_density(engine, watchers, &args).await?;
             }
         }
+        if args.part.contains(&Part::Kafka) {
+            kafka::bench_throughput(engine, &args).await?;
+            kafka::bench_latency(engine, &args).await?;
+        }
         if args.part.contains(&Part::Scheduler) {
-            bench_scheduler(engine, &args).await?;
+            scheduler::bench_scheduler(engine, &args).await?;
         }
     }
     Ok(())

@@ -95,6 +95,8 @@ pub struct RunRow {
     pub data_interval_start: Option<DateTime<Utc>>,
     pub data_interval_end: Option<DateTime<Utc>>,
     pub run_after: DateTime<Utc>,
+    /// When the run was created (queued).
+    pub queued_at: DateTime<Utc>,
     pub conf: Value,
     pub consumed_events: Vec<i64>,
 }
@@ -308,7 +310,7 @@ impl Store {
         with_db!(self, pool => {
             let sql = format!(
                 "SELECT * FROM (SELECT r.id, r.dag_id, r.run_id, r.run_type, r.state, r.logical_date, \
-                 r.data_interval_start, r.data_interval_end, r.run_after, r.conf, \
+                 r.data_interval_start, r.data_interval_end, r.run_after, r.queued_at, r.conf, \
                  (SELECT {consumed} FROM dagrun_asset_event x WHERE x.dag_run_id = r.id) AS consumed \
                  FROM dag_run r WHERE ($1 IS NULL OR r.dag_id = $1) AND ($2 IS NULL OR r.state = $2) \
                  ORDER BY r.id DESC LIMIT $3) t ORDER BY id"
@@ -337,6 +339,7 @@ impl Store {
                         data_interval_start: row.try_get("data_interval_start")?,
                         data_interval_end: row.try_get("data_interval_end")?,
                         run_after: row.try_get("run_after")?,
+                        queued_at: row.try_get("queued_at")?,
                         conf: row.try_get::<Json<Value>, _>("conf")?.0,
                         consumed_events,
                     })

@@ -26,7 +26,7 @@ pub use events::{NewEvent, Origin};
 pub use runs::{ManualRun, QueuedDag};
 pub use schedule::{BackfillReport, DagTiming, SlotOutcome, SlotPolicy};
 pub use sync::{AssetPlan, DagPlan, SyncPlan, SyncReport, WatcherPlan};
-pub use triggers::{AssignedTrigger, SCHEDULER_JOB, TRIGGERER_JOB};
+pub use triggers::{AssignedTrigger, Claim, SCHEDULER_JOB, TRIGGERER_JOB};
 
 /// A caller's asset condition, asked with the names of the assets a DAG has queued events for
 /// (re-checked by the store on the rows it locked).

@@ -20,6 +20,15 @@ pub struct AssignedTrigger {
     pub kwargs: Value,
 }
 
+/// What one [`Store::assign_unassigned`] call did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Claim {
+    /// Triggers claimed by this call.
+    pub claimed: usize,
+    /// Triggers this triggerer owns after it.
+    pub owned: usize,
+}
+
 impl Store {
     /// Registers a running process (`TriggererJob`, `SchedulerJob`) and returns its job id.
     pub async fn create_job(&self, job_type: &str, hostname: &str) -> Result<i64> {
@@ -72,14 +81,14 @@ impl Store {
 
     /// Airflow's `Trigger.assign_unassigned` for watcher triggers: claims, oldest first, triggers
     /// that have no owner or whose owner is not alive (no heartbeat since `alive_since`), up to
-    /// `capacity` in total and `max_per_loop` in this call. Returns how many were claimed.
+    /// `capacity` in total and `max_per_loop` in this call.
     pub async fn assign_unassigned(
         &self,
         job_id: i64,
         capacity: usize,
         max_per_loop: usize,
         alive_since: DateTime<Utc>,
-    ) -> Result<usize> {
+    ) -> Result<Claim> {
         let lock = self.skip_locked();
         with_db!(self, pool => {
             let mut tx = pool.begin_with(self.begin_write()).await?;
@@ -88,10 +97,11 @@ impl Store {
                 .fetch_one(&mut *tx)
                 .await?
                 .try_get("n")?;
-            let room = capacity.saturating_sub(usize::try_from(owned).unwrap_or(usize::MAX));
+            let owned = usize::try_from(owned).unwrap_or(usize::MAX);
+            let room = capacity.saturating_sub(owned);
             let limit = i64::try_from(room.min(max_per_loop)).unwrap_or(i64::MAX);
             if limit == 0 {
-                return Ok(0);
+                return Ok(Claim { claimed: 0, owned });
             }
             let sql = format!(
                 "SELECT t.id FROM trigger t \
@@ -114,7 +124,7 @@ impl Store {
                 qb.build().execute(&mut *tx).await?;
             }
             tx.commit().await?;
-            Ok(ids.len())
+            Ok(Claim { claimed: ids.len(), owned: owned + ids.len() })
         })
     }
 

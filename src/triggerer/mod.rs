@@ -124,7 +124,7 @@ async fn sync_assignment(
     let threshold = chrono::Duration::from_std(options.health_threshold)
         .unwrap_or_else(|_| chrono::Duration::seconds(30));
     let alive_since = crate::time::now() - threshold;
-    let claimed = store
+    let claim = store
         .assign_unassigned(
             job_id,
             options.capacity,
@@ -132,8 +132,14 @@ async fn sync_assignment(
             alive_since,
         )
         .await?;
-    if claimed > 0 {
-        info!(claimed, "claimed triggers");
+    if claim.claimed > 0 {
+        info!(claimed = claim.claimed, "claimed triggers");
+    }
+    // Trigger rows never change, and only this process adds to its own set (by claiming), so
+    // an unchanged count with nothing claimed means an unchanged set: re-reading (and parsing)
+    // every owned trigger each second is what made 100,000 idle watchers cost half a core.
+    if claim.claimed == 0 && !supervisor.needs_refresh(claim.owned) {
+        return Ok(());
     }
     let assigned = store.triggers_for(job_id).await?;
     supervisor.reconcile(&assigned).await;

@@ -52,6 +52,9 @@ pub struct Supervisor {
     events: mpsc::Sender<Envelope>,
     running: HashMap<i64, Running>,
     backoff: HashMap<i64, Backoff>,
+    /// How many triggers the last complete [`Supervisor::reconcile`] was given; `None` when
+    /// one could not finish, so the next loop reads the assignment again.
+    assigned: Option<usize>,
     generation: u64,
     finished_tx: mpsc::UnboundedSender<Finished>,
     /// Each trigger task reports its end here; [`Supervisor::next_finished`] reads it.
@@ -67,6 +70,7 @@ impl Supervisor {
             events,
             running: HashMap::new(),
             backoff: HashMap::new(),
+            assigned: None,
             generation: 0,
             finished_tx,
             finished_rx,
@@ -77,9 +81,21 @@ impl Supervisor {
         self.running.len()
     }
 
+    /// Whether the assignment must be read again: the database says this process owns `owned`
+    /// triggers and the last reconcile saw another number, or a failed trigger's backoff is over.
+    pub fn needs_refresh(&self, owned: usize) -> bool {
+        let now = Instant::now();
+        self.assigned != Some(owned)
+            || self
+                .backoff
+                .iter()
+                .any(|(id, b)| b.retry_at <= now && !self.running.contains_key(id))
+    }
+
     /// Makes the running set match `assigned`: cancels the rest, starts the missing ones whose
     /// backoff has passed.
     pub async fn reconcile(&mut self, assigned: &[AssignedTrigger]) {
+        self.assigned = Some(assigned.len());
         let wanted: HashSet<i64> = assigned.iter().map(|t| t.id).collect();
         let gone: Vec<i64> = self
             .running
@@ -109,6 +125,7 @@ impl Supervisor {
             Ok(c) => c,
             Err(e) => {
                 warn!(error = %e, "cannot load trigger checkpoints; starting them next loop");
+                self.assigned = None;
                 return;
             }
         };
