@@ -157,6 +157,9 @@ enum Matcher {
     Glob {
         pattern: Pattern,
         options: MatchOptions,
+        /// The pattern's last component, when a matching path's file name must match it alone
+        /// (no `**` there, and `*` cannot span `/`): a cheap first test during a scan.
+        name_pattern: Option<Pattern>,
     },
 }
 
@@ -210,6 +213,10 @@ impl Target {
                 TriggerError::failed(format!("invalid glob pattern {normalized:?}: {e}"))
             })?;
             let unbounded = config.recursive || double_star;
+            let name_pattern = match parts.last() {
+                Some(last) if !config.recursive && *last != "**" => Pattern::new(last).ok(),
+                _ => None,
+            };
             let matcher = Matcher::Glob {
                 pattern,
                 options: MatchOptions {
@@ -219,6 +226,7 @@ impl Target {
                     // As Python's glob: `*` does not match writers' hidden temporary files.
                     require_literal_leading_dot: true,
                 },
+                name_pattern,
             };
             (
                 root,
@@ -310,7 +318,26 @@ impl Target {
                         _ => false,
                     })
             }
-            Matcher::Glob { pattern, options } => pattern.matches_path_with(path, *options),
+            Matcher::Glob {
+                pattern, options, ..
+            } => pattern.matches_path_with(path, *options),
+        }
+    }
+
+    /// False when no file named `name` can match, whatever its directory: lets a scan skip
+    /// most entries of a shared directory without building their paths (with 100,000 globs
+    /// over 100 directories, full matching was most of the start-up time).
+    pub fn may_match_name(&self, name: &std::ffi::OsStr) -> bool {
+        match &self.matcher {
+            Matcher::Dir { .. } => !is_hidden(name),
+            Matcher::Glob {
+                name_pattern: Some(last),
+                options,
+                ..
+            } => name
+                .to_str()
+                .is_none_or(|name| last.matches_with(name, *options)),
+            Matcher::Glob { .. } => true,
         }
     }
 
@@ -354,4 +381,66 @@ fn normalize(path: &Path) -> PathBuf {
     path.components()
         .filter(|c| !matches!(c, Component::CurDir))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(root: &Path, pattern: &str, recursive: bool) -> Target {
+        Target::resolve(&FileTriggerConfig {
+            filepath: format!("{}/{pattern}", root.display()),
+            recursive,
+            include_modified: false,
+            poke_interval: None,
+        })
+        .expect("target")
+    }
+
+    /// The name test is only a shortcut: it may never reject a path the full match accepts.
+    #[test]
+    fn the_file_name_shortcut_never_rejects_a_match() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let root = dir.path();
+        std::fs::create_dir(root.join("sub")).expect("sub");
+        let paths = [
+            "f000123.dat",
+            "f000124.dat",
+            ".f000123.dat",
+            "sub/f000123.dat",
+            "sub/x.csv",
+            "sub/deeper/x.csv",
+            "x.csv",
+            "a1/2b",
+            "ab",
+        ];
+        for (pattern, recursive) in [
+            ("f000123.*", false),
+            ("*.csv", false),
+            ("*/x.csv", false),
+            ("**/x.csv", false),
+            ("sub/**", false),
+            ("a*b", true),
+            ("*.csv", true),
+            ("f00012[34].dat", false),
+        ] {
+            let t = target(root, pattern, recursive);
+            let mut matched = 0;
+            for relative in paths {
+                let path = t.root.join(relative);
+                let name = path.file_name().expect("name");
+                if t.matches(&path) {
+                    matched += 1;
+                    assert!(
+                        t.may_match_name(name),
+                        "{pattern} (recursive {recursive}) matches {relative} but the name test rejects it"
+                    );
+                }
+            }
+            assert!(matched > 0, "{pattern} matches none of the sample paths");
+        }
+        let exact = target(root, "f000123.*", false);
+        assert!(!exact.may_match_name(std::ffi::OsStr::new("f000124.dat")));
+        assert!(exact.may_match_name(std::ffi::OsStr::new("f000123.dat")));
+    }
 }

@@ -632,17 +632,21 @@ fn walk(target: &Target, start: &Path) -> Result<Vec<FileInfo>, TriggerError> {
                     continue;
                 }
             };
-            let path = entry.path();
             let Ok(file_type) = entry.file_type() else {
                 continue;
             };
+            let name = entry.file_name();
             // Symlinked directories are not followed: they could loop.
             if file_type.is_dir() {
-                if target.descends_into(&entry.file_name(), depth + 1) {
-                    dirs.push((path, depth + 1));
+                if target.descends_into(&name, depth + 1) {
+                    dirs.push((entry.path(), depth + 1));
                 }
                 continue;
             }
+            if !target.may_match_name(&name) {
+                continue;
+            }
+            let path = entry.path();
             if !target.matches(&path) {
                 continue;
             }
