@@ -18,7 +18,9 @@ use std::collections::BTreeSet;
 
 use crate::asset_expression::AssetExpr;
 use crate::definitions::schedule::timetable_of;
-use crate::store::{AssetCondition, DagTiming, SlotOutcome, SlotPolicy, Store, StoreError};
+use crate::store::{
+    AssetCondition, DagTiming, DueSlot, SlotOutcome, SlotPolicy, Store, StoreError,
+};
 use crate::timetable::{DagRunInfo, Timetable};
 
 pub use crate::store::SCHEDULER_JOB;
@@ -136,7 +138,7 @@ pub fn timetable_for(dag: &DagTiming) -> Timetable {
 /// DAG processor does on each parse). A due slot of an asset-and-time DAG is kept: it waits for
 /// its assets and is never skipped.
 pub async fn refresh_next_dagruns(store: &Store, now: DateTime<Utc>) -> Result<(), StoreError> {
-    let last = store.last_automated_intervals().await?;
+    let last = store.last_automated_intervals(None).await?;
     let mut updates = Vec::new();
     for dag in store.dag_timings().await? {
         let timetable = timetable_for(&dag);
@@ -153,47 +155,118 @@ pub async fn refresh_next_dagruns(store: &Store, now: DateTime<Utc>) -> Result<(
     store.set_next_dagruns(&updates).await
 }
 
-/// Creates the run of `dag`'s due slot. Without catchup the slot is first re-aligned with
-/// `now` (a slot left behind while the DAG was blocked or paused is replaced by the latest
-/// one, as Airflow's continual re-parsing does); an asset-and-time slot is never re-aligned:
-/// it waits for its assets.
-async fn create_due_run(
+/// The slot each due DAG should get a run for now, in `due` order (`None`: none). Without
+/// catchup the stored slot is first re-aligned with `now` (a slot left behind while the DAG was
+/// blocked or paused is replaced by the latest one, as Airflow's continual re-parsing does) and
+/// the new slot stored; an asset-and-time slot is never re-aligned: it waits for its assets.
+async fn realign_due_slots(
     store: &Store,
-    dag: &DagTiming,
+    due: &[(DagTiming, Timetable)],
+    now: DateTime<Utc>,
+) -> Result<Vec<Option<DagRunInfo>>, StoreError> {
+    let realigned = |dag: &DagTiming, timetable: &Timetable| {
+        !dag.restriction.catchup && timetable.asset_gate().is_none() && dag.next.is_some()
+    };
+    let ids: Vec<&str> = due
+        .iter()
+        .filter(|(dag, timetable)| realigned(dag, timetable))
+        .map(|(dag, _)| dag.dag_id.as_str())
+        .collect();
+    let last = if ids.is_empty() {
+        Default::default()
+    } else {
+        store.last_automated_intervals(Some(&ids)).await?
+    };
+    let mut slots = Vec::with_capacity(due.len());
+    let mut moved = Vec::new();
+    for (dag, timetable) in due {
+        if !realigned(dag, timetable) {
+            slots.push(dag.next);
+            continue;
+        }
+        let fresh =
+            timetable.next_dagrun_info(last.get(&dag.dag_id).copied(), dag.restriction, now);
+        if fresh != dag.next {
+            moved.push((dag.dag_id.clone(), fresh));
+        }
+        slots.push(fresh.filter(|f| f.run_after <= now));
+    }
+    if !moved.is_empty() {
+        store.set_next_dagruns(&moved).await?;
+    }
+    Ok(slots)
+}
+
+/// Creates the runs of the due DAGs' `slots`: those without an asset gate all at once
+/// ([`Store::create_scheduled_runs`]), asset-and-time DAGs one by one (each reads its queue).
+/// Should the batch be refused, its DAGs are retried one by one so that one DAG's error (say,
+/// a run id taken a moment earlier) does not hold up the others.
+async fn create_due_runs(
+    store: &Store,
+    due: &[(DagTiming, Timetable)],
+    slots: &[Option<DagRunInfo>],
     now: DateTime<Utc>,
     job_id: Option<i64>,
-) -> Result<SlotOutcome, StoreError> {
-    let timetable = timetable_for(dag);
-    let restriction = dag.restriction;
-    let Some(mut slot) = dag.next else {
-        return Ok(SlotOutcome::Skipped);
-    };
-    if !restriction.catchup && timetable.asset_gate().is_none() {
-        let last = store.last_automated_interval(&dag.dag_id).await?;
-        let fresh = timetable.next_dagrun_info(last, restriction, now);
-        if fresh != Some(slot) {
-            store
-                .set_next_dagruns(&[(dag.dag_id.clone(), fresh)])
-                .await?;
-            match fresh {
-                Some(f) if f.run_after <= now => slot = f,
-                _ => return Ok(SlotOutcome::Skipped),
-            }
+) -> Result<Vec<(usize, Result<SlotOutcome, StoreError>)>, StoreError> {
+    let next_after: Vec<_> = due
+        .iter()
+        .map(|(dag, timetable)| {
+            let restriction = dag.restriction;
+            move |interval| timetable.next_dagrun_info(Some(interval), restriction, now)
+        })
+        .collect();
+    let gates: Vec<_> = due
+        .iter()
+        .map(|(_, timetable)| {
+            let expr = timetable.asset_gate();
+            move |names: &BTreeSet<String>| expr.is_some_and(|e| e.evaluate(names))
+        })
+        .collect();
+    let mut batch: Vec<(usize, DueSlot<'_>)> = Vec::new();
+    let mut one_by_one: Vec<(usize, DueSlot<'_>)> = Vec::new();
+    for (i, ((dag, timetable), slot)) in due.iter().zip(slots).enumerate() {
+        let Some(expected) = *slot else { continue };
+        let due_slot = DueSlot {
+            dag_id: &dag.dag_id,
+            expected,
+            policy: SlotPolicy {
+                next_after: &next_after[i],
+                gate: timetable
+                    .asset_gate()
+                    .map(|_| &gates[i] as &AssetCondition<'_>),
+                max_active_runs: timetable
+                    .active_runs_limit()
+                    .map_or(dag.max_active_runs, |l| l.min(dag.max_active_runs)),
+            },
+        };
+        if due_slot.policy.gate.is_some() {
+            one_by_one.push((i, due_slot));
+        } else {
+            batch.push((i, due_slot));
         }
     }
-    let next_after = |interval| timetable.next_dagrun_info(Some(interval), restriction, now);
-    let gate_expr = timetable.asset_gate();
-    let gate = |names: &BTreeSet<String>| gate_expr.is_some_and(|e| e.evaluate(names));
-    let policy = SlotPolicy {
-        next_after: &next_after,
-        gate: gate_expr.map(|_| &gate as &AssetCondition<'_>),
-        max_active_runs: timetable
-            .active_runs_limit()
-            .map_or(dag.max_active_runs, |l| l.min(dag.max_active_runs)),
-    };
-    store
-        .create_scheduled_run(&dag.dag_id, slot, &policy, job_id)
-        .await
+    let mut outcomes = Vec::with_capacity(batch.len() + one_by_one.len());
+    let slots_of_batch: Vec<DueSlot<'_>> = batch.iter().map(|(_, s)| s.clone()).collect();
+    match store.create_scheduled_runs(&slots_of_batch, job_id).await {
+        Ok(created) => outcomes.extend(
+            batch
+                .iter()
+                .map(|(i, _)| *i)
+                .zip(created.into_iter().map(Ok)),
+        ),
+        Err(e) if e.is_transient() => return Err(e),
+        Err(e) => {
+            warn!(error = %e, dags = batch.len(), "creating this pass's runs together failed; creating them one by one");
+            one_by_one.extend(batch);
+        }
+    }
+    for (i, due_slot) in one_by_one {
+        let outcome = store
+            .create_scheduled_run(due_slot.dag_id, due_slot.expected, &due_slot.policy, job_id)
+            .await;
+        outcomes.push((i, outcome));
+    }
+    Ok(outcomes)
 }
 
 /// The next `n` automated runs of `dag` from its stored next slot (or, with `at`, recomputed
@@ -209,7 +282,10 @@ pub async fn next_runs(
     let now = at.unwrap_or_else(crate::time::now);
     let first = match at {
         Some(at) => {
-            let last = store.last_automated_intervals().await?.remove(dag_id);
+            let last = store
+                .last_automated_intervals(Some(&[dag_id]))
+                .await?
+                .remove(dag_id);
             timetable.next_dagrun_info(last, dag.restriction, at)
         }
         None => dag.next,
@@ -270,14 +346,25 @@ pub async fn pass(
     max_scheduled: i64,
 ) -> Result<PassReport, StoreError> {
     let mut report = PassReport::default();
-    for dag in store.due_dags(now, max_scheduled).await? {
-        match create_due_run(store, &dag, now, job_id).await {
+    let due: Vec<(DagTiming, Timetable)> = store
+        .due_dags(now, max_scheduled)
+        .await?
+        .into_iter()
+        .map(|dag| {
+            let timetable = timetable_for(&dag);
+            (dag, timetable)
+        })
+        .collect();
+    let slots = realign_due_slots(store, &due, now).await?;
+    for (i, outcome) in create_due_runs(store, &due, &slots, now, job_id).await? {
+        let dag_id = &due[i].0.dag_id;
+        match outcome {
             Ok(SlotOutcome::Created(run_id)) => {
-                info!(dag_id = %dag.dag_id, %run_id, "scheduled run created");
+                info!(%dag_id, %run_id, "scheduled run created");
                 report.scheduled_created += 1;
             }
             Ok(SlotOutcome::AlreadyExisted) => {
-                info!(dag_id = %dag.dag_id, "a run for the due slot exists; moved to the next slot");
+                info!(%dag_id, "a run for the due slot exists; moved to the next slot");
                 report.slots_advanced += 1;
             }
             Ok(
@@ -286,7 +373,7 @@ pub async fn pass(
             // One DAG's failure (say, a manual run that took the slot's logical date a moment
             // earlier) must not hold up the others.
             Err(e) if !e.is_transient() => {
-                warn!(dag_id = %dag.dag_id, error = %e, "cannot create the scheduled run; retrying next pass")
+                warn!(%dag_id, error = %e, "cannot create the scheduled run; retrying next pass")
             }
             Err(e) => return Err(e),
         }

@@ -24,7 +24,7 @@ mod triggers;
 pub use cli::{AssetRow, DagRow, EventRow, RunRow, TriggerRow};
 pub use events::{NewEvent, Origin};
 pub use runs::{ManualRun, QueuedDag};
-pub use schedule::{BackfillReport, DagTiming, SlotOutcome, SlotPolicy};
+pub use schedule::{BackfillReport, DagTiming, DueSlot, SlotOutcome, SlotPolicy};
 pub use sync::{AssetPlan, DagPlan, SyncPlan, SyncReport, WatcherPlan};
 pub use triggers::{AssignedTrigger, Claim, SCHEDULER_JOB, TRIGGERER_JOB};
 

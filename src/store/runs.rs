@@ -66,13 +66,20 @@ impl Store {
                     dag.queued_assets.insert(row.try_get("name")?);
                 }
             }
-            let active: HashMap<String, i64> = sqlx::query_as(
-                "SELECT dag_id, count(*) FROM dag_run WHERE state IN ('queued', 'running') GROUP BY dag_id",
-            )
-            .fetch_all(pool)
-            .await?
-            .into_iter()
-            .collect();
+            // Active runs of these DAGs only: a pass must cost what is queued, not what runs.
+            let mut active: HashMap<String, i64> = HashMap::new();
+            let dag_ids: Vec<&str> = by_dag.iter().map(|d| d.dag_id.as_str()).collect();
+            for chunk in dag_ids.chunks(CHUNK) {
+                let mut qb = sqlx::QueryBuilder::new(
+                    "SELECT dag_id, count(*) AS n FROM dag_run WHERE state IN ('queued', 'running') \
+                     AND dag_id IN ",
+                );
+                push_in_list(&mut qb, chunk);
+                qb.push(" GROUP BY dag_id");
+                for row in qb.build().fetch_all(pool).await? {
+                    active.insert(row.try_get("dag_id")?, row.try_get("n")?);
+                }
+            }
             for dag in &mut by_dag {
                 dag.active_runs = active.get(&dag.dag_id).copied().unwrap_or(0);
             }

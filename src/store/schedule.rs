@@ -3,14 +3,14 @@
 //! creating the scheduled run of a due slot, and backfill runs. The timetable decisions come
 //! from the caller (as [`SlotPolicy`]); this module only reads, locks and writes.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::types::Json;
 use sqlx::Row;
 
-use super::{with_db, Result, Store, StoreError};
+use super::{push_in_list, with_db, Result, Store, StoreError, CHUNK};
 use crate::timetable::{run_id, DagRunInfo, DataInterval, TimeRestriction};
 
 /// What the scheduler needs to know about a DAG's time schedule.
@@ -26,6 +26,7 @@ pub struct DagTiming {
 }
 
 /// How to create the run of a due slot, decided by the caller's timetable.
+#[derive(Clone, Copy)]
 pub struct SlotPolicy<'a> {
     /// The slot after a run with this data interval.
     pub next_after: &'a (dyn Fn(DataInterval) -> Option<DagRunInfo> + Sync),
@@ -33,6 +34,24 @@ pub struct SlotPolicy<'a> {
     pub gate: Option<&'a super::AssetCondition<'a>>,
     /// `max_active_runs`, lowered by the timetable where it has its own limit.
     pub max_active_runs: i64,
+}
+
+/// A due slot to create the run of, with the policy its DAG's timetable decided.
+#[derive(Clone)]
+pub struct DueSlot<'a> {
+    pub dag_id: &'a str,
+    /// The slot as [`Store::due_dags`] read it.
+    pub expected: DagRunInfo,
+    pub policy: SlotPolicy<'a>,
+}
+
+/// A due DAG's row as read under its lock.
+struct LockedDag {
+    /// The stored slot; `None` when none is stored or the DAG is paused or stale.
+    slot: Option<DagRunInfo>,
+    active: i64,
+    /// The data interval of a run already at the slot's logical date.
+    existing: Option<(Option<DateTime<Utc>>, Option<DateTime<Utc>>)>,
 }
 
 /// What happened to a due slot.
@@ -152,45 +171,38 @@ impl Store {
         })
     }
 
-    /// The data interval of each DAG's latest automated (scheduled or backfill) run: what
-    /// timetables continue from.
-    pub async fn last_automated_intervals(&self) -> Result<HashMap<String, DataInterval>> {
+    /// The data interval of each DAG's latest automated (scheduled or backfill) run — of every
+    /// DAG, or of `dag_ids`: what timetables continue from.
+    pub async fn last_automated_intervals(
+        &self,
+        dag_ids: Option<&[&str]>,
+    ) -> Result<HashMap<String, DataInterval>> {
+        let chunks: Vec<Option<&[&str]>> = match dag_ids {
+            None => vec![None],
+            Some(ids) => ids.chunks(CHUNK).map(Some).collect(),
+        };
+        let mut out = HashMap::new();
         with_db!(self, pool => {
-            let rows = sqlx::query(
-                "SELECT r.dag_id, r.data_interval_start, r.data_interval_end FROM dag_run r \
-                 JOIN (SELECT dag_id, max(logical_date) AS latest FROM dag_run \
-                       WHERE run_type IN ('scheduled', 'backfill') AND logical_date IS NOT NULL \
-                       GROUP BY dag_id) m ON m.dag_id = r.dag_id AND m.latest = r.logical_date",
-            )
-            .fetch_all(pool)
-            .await?;
-            let mut out = HashMap::new();
-            for row in rows {
-                let start: Option<DateTime<Utc>> = row.try_get("data_interval_start")?;
-                let end: Option<DateTime<Utc>> = row.try_get("data_interval_end")?;
-                if let (Some(start), Some(end)) = (start, end) {
-                    out.insert(row.try_get("dag_id")?, DataInterval { start, end });
+            for chunk in chunks {
+                let mut qb = sqlx::QueryBuilder::new(
+                    "SELECT r.dag_id, r.data_interval_start, r.data_interval_end FROM dag_run r \
+                     JOIN (SELECT dag_id, max(logical_date) AS latest FROM dag_run \
+                           WHERE run_type IN ('scheduled', 'backfill') AND logical_date IS NOT NULL",
+                );
+                if let Some(ids) = chunk {
+                    qb.push(" AND dag_id IN ");
+                    push_in_list(&mut qb, ids);
+                }
+                qb.push(" GROUP BY dag_id) m ON m.dag_id = r.dag_id AND m.latest = r.logical_date");
+                for row in qb.build().fetch_all(pool).await? {
+                    let start: Option<DateTime<Utc>> = row.try_get("data_interval_start")?;
+                    let end: Option<DateTime<Utc>> = row.try_get("data_interval_end")?;
+                    if let (Some(start), Some(end)) = (start, end) {
+                        out.insert(row.try_get("dag_id")?, DataInterval { start, end });
+                    }
                 }
             }
             Ok(out)
-        })
-    }
-
-    /// The data interval of `dag_id`'s latest automated run.
-    pub async fn last_automated_interval(&self, dag_id: &str) -> Result<Option<DataInterval>> {
-        with_db!(self, pool => {
-            let row = sqlx::query(
-                "SELECT data_interval_start, data_interval_end FROM dag_run \
-                 WHERE dag_id = $1 AND run_type IN ('scheduled', 'backfill') AND logical_date IS NOT NULL \
-                 ORDER BY logical_date DESC LIMIT 1",
-            )
-            .bind(dag_id)
-            .fetch_optional(pool)
-            .await?;
-            let Some(row) = row else { return Ok(None) };
-            let start: Option<DateTime<Utc>> = row.try_get("data_interval_start")?;
-            let end: Option<DateTime<Utc>> = row.try_get("data_interval_end")?;
-            Ok(start.zip(end).map(|(start, end)| DataInterval { start, end }))
         })
     }
 
@@ -308,6 +320,168 @@ impl Store {
             super::store_next_dagrun!(&mut *tx, dag_id, (policy.next_after)(interval));
             tx.commit().await?;
             Ok(outcome)
+        })
+    }
+
+    /// [`Store::create_scheduled_run`] for many DAGs in ONE transaction and a constant number
+    /// of statements (lock and read all, insert all runs, move all slots), which is what lets
+    /// a scheduler create thousands of runs a second. Outcomes come back in `slots` order.
+    /// DAGs with an asset gate must go through [`Store::create_scheduled_run`].
+    ///
+    /// A run whose logical date or id was taken meanwhile by a run created outside the DAG lock
+    /// (a manual run) is not inserted and its slot stays: that DAG reports
+    /// [`SlotOutcome::Skipped`] and the next pass finds the run and moves on, as the one-DAG
+    /// path does.
+    pub async fn create_scheduled_runs(
+        &self,
+        slots: &[DueSlot<'_>],
+        job_id: Option<i64>,
+    ) -> Result<Vec<SlotOutcome>> {
+        if slots.is_empty() {
+            return Ok(Vec::new());
+        }
+        if let Some(gated) = slots.iter().find(|s| s.policy.gate.is_some()) {
+            return Err(StoreError::Conflict(format!(
+                "dag `{}` has an asset gate: create its run with create_scheduled_run",
+                gated.dag_id
+            )));
+        }
+        let lock = self.skip_locked();
+        let now = crate::time::now();
+        with_db!(self, pool => {
+            let mut tx = pool.begin_with(self.begin_write()).await?;
+            // What each DAG's row says now, with its active runs and any run already at the
+            // stored slot's logical date; SKIP LOCKED leaves out DAGs another scheduler holds.
+            let mut locked: HashMap<String, LockedDag> = HashMap::with_capacity(slots.len());
+            for chunk in slots.chunks(CHUNK) {
+                let mut qb = sqlx::QueryBuilder::new(
+                    "SELECT d.dag_id, d.is_paused, d.is_stale, d.next_dagrun_data_interval_start, \
+                     d.next_dagrun_data_interval_end, d.next_dagrun_create_after, \
+                     (SELECT count(*) FROM dag_run x WHERE x.dag_id = d.dag_id \
+                      AND x.state IN ('queued', 'running') AND x.run_type <> 'backfill') AS active, \
+                     (SELECT x.id FROM dag_run x WHERE x.dag_id = d.dag_id \
+                      AND x.logical_date = d.next_dagrun_data_interval_start) AS existing_id, \
+                     (SELECT x.data_interval_start FROM dag_run x WHERE x.dag_id = d.dag_id \
+                      AND x.logical_date = d.next_dagrun_data_interval_start) AS existing_start, \
+                     (SELECT x.data_interval_end FROM dag_run x WHERE x.dag_id = d.dag_id \
+                      AND x.logical_date = d.next_dagrun_data_interval_start) AS existing_end \
+                     FROM dag d WHERE d.dag_id IN ",
+                );
+                let ids: Vec<&str> = chunk.iter().map(|s| s.dag_id).collect();
+                push_in_list(&mut qb, &ids);
+                qb.push(lock);
+                for row in qb.build().fetch_all(&mut *tx).await? {
+                    let live = !row.try_get::<bool, _>("is_paused")?
+                        && !row.try_get::<bool, _>("is_stale")?;
+                    let existing = row
+                        .try_get::<Option<i64>, _>("existing_id")?
+                        .map(|_| -> Result<_> {
+                            Ok((
+                                row.try_get::<Option<DateTime<Utc>>, _>("existing_start")?,
+                                row.try_get::<Option<DateTime<Utc>>, _>("existing_end")?,
+                            ))
+                        })
+                        .transpose()?;
+                    locked.insert(
+                        row.try_get("dag_id")?,
+                        LockedDag {
+                            slot: next_from_row(
+                                row.try_get("next_dagrun_data_interval_start")?,
+                                row.try_get("next_dagrun_data_interval_end")?,
+                                row.try_get("next_dagrun_create_after")?,
+                            )
+                            .filter(|_| live),
+                            active: row.try_get("active")?,
+                            existing,
+                        },
+                    );
+                }
+            }
+
+            // Decide in memory: (index into slots, run id to create or None, next slot).
+            let mut outcomes: Vec<SlotOutcome> = Vec::with_capacity(slots.len());
+            let mut creates: Vec<(usize, String)> = Vec::new();
+            let mut moves: Vec<(usize, Option<DagRunInfo>)> = Vec::new();
+            for (i, due) in slots.iter().enumerate() {
+                let Some(row) = locked.get(due.dag_id) else {
+                    outcomes.push(SlotOutcome::Skipped);
+                    continue;
+                };
+                let Some(slot) = row.slot.filter(|s| *s == due.expected) else {
+                    outcomes.push(SlotOutcome::Skipped);
+                    continue;
+                };
+                if row.active >= due.policy.max_active_runs {
+                    outcomes.push(SlotOutcome::AtMaxActiveRuns);
+                    continue;
+                }
+                match row.existing {
+                    Some((start, end)) => {
+                        let interval = DataInterval {
+                            start: start.unwrap_or(slot.data_interval.start),
+                            end: end.unwrap_or(slot.data_interval.end),
+                        };
+                        moves.push((i, (due.policy.next_after)(interval)));
+                        outcomes.push(SlotOutcome::AlreadyExisted);
+                    }
+                    None => {
+                        let id = run_id("scheduled", slot.run_after);
+                        creates.push((i, id.clone()));
+                        outcomes.push(SlotOutcome::Created(id));
+                    }
+                }
+            }
+
+            let mut inserted: HashSet<String> = HashSet::with_capacity(creates.len());
+            // 9 values a run: well under SQLite's limit on bound values per statement.
+            for chunk in creates.chunks(CHUNK / 5) {
+                let mut qb = sqlx::QueryBuilder::new(
+                    "INSERT INTO dag_run (dag_id, run_id, run_type, state, logical_date, data_interval_start, \
+                     data_interval_end, run_after, conf, queued_at, creating_job_id) ",
+                );
+                qb.push_values(chunk, |mut b, (i, id)| {
+                    let slot = slots[*i].expected;
+                    b.push_bind(slots[*i].dag_id)
+                        .push_bind(id)
+                        .push_unseparated(", 'scheduled', 'queued'")
+                        .push_bind(slot.logical_date())
+                        .push_bind(slot.data_interval.start)
+                        .push_bind(slot.data_interval.end)
+                        .push_bind(slot.run_after)
+                        .push_bind(Json(Value::Object(Default::default())))
+                        .push_bind(now)
+                        .push_bind(job_id);
+                });
+                qb.push(" ON CONFLICT DO NOTHING RETURNING dag_id");
+                for row in qb.build().fetch_all(&mut *tx).await? {
+                    inserted.insert(row.try_get("dag_id")?);
+                }
+            }
+            for (i, _) in &creates {
+                if inserted.contains(slots[*i].dag_id) {
+                    moves.push((*i, (slots[*i].policy.next_after)(slots[*i].expected.data_interval)));
+                } else {
+                    outcomes[*i] = SlotOutcome::Skipped;
+                }
+            }
+
+            for chunk in moves.chunks(CHUNK / 5) {
+                let mut qb = sqlx::QueryBuilder::new(
+                    "UPDATE dag SET next_dagrun = v.column2, next_dagrun_data_interval_start = v.column3, \
+                     next_dagrun_data_interval_end = v.column4, next_dagrun_create_after = v.column5 FROM (",
+                );
+                qb.push_values(chunk, |mut b, (i, info)| {
+                    b.push_bind(slots[*i].dag_id)
+                        .push_bind(info.map(|i| i.logical_date()))
+                        .push_bind(info.map(|i| i.data_interval.start))
+                        .push_bind(info.map(|i| i.data_interval.end))
+                        .push_bind(info.map(|i| i.run_after));
+                });
+                qb.push(") AS v WHERE dag.dag_id = v.column1");
+                qb.build().execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+            Ok(outcomes)
         })
     }
 
