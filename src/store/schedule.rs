@@ -50,8 +50,9 @@ struct LockedDag {
     /// The stored slot; `None` when none is stored or the DAG is paused or stale.
     slot: Option<DagRunInfo>,
     active: i64,
-    /// The data interval of a run already at the slot's logical date.
-    existing: Option<(Option<DateTime<Utc>>, Option<DateTime<Utc>>)>,
+    /// The data interval of a run already at the slot's logical date (the slot's where the
+    /// run has none).
+    existing: Option<DataInterval>,
 }
 
 /// What happened to a due slot.
@@ -373,24 +374,27 @@ impl Store {
                 for row in qb.build().fetch_all(&mut *tx).await? {
                     let live = !row.try_get::<bool, _>("is_paused")?
                         && !row.try_get::<bool, _>("is_stale")?;
-                    let existing = row
-                        .try_get::<Option<i64>, _>("existing_id")?
-                        .map(|_| -> Result<_> {
-                            Ok((
-                                row.try_get::<Option<DateTime<Utc>>, _>("existing_start")?,
-                                row.try_get::<Option<DateTime<Utc>>, _>("existing_end")?,
-                            ))
-                        })
-                        .transpose()?;
+                    let slot = next_from_row(
+                        row.try_get("next_dagrun_data_interval_start")?,
+                        row.try_get("next_dagrun_data_interval_end")?,
+                        row.try_get("next_dagrun_create_after")?,
+                    )
+                    .filter(|_| live);
+                    let existing = match (slot, row.try_get::<Option<i64>, _>("existing_id")?) {
+                        (Some(slot), Some(_)) => Some(DataInterval {
+                            start: row
+                                .try_get::<Option<DateTime<Utc>>, _>("existing_start")?
+                                .unwrap_or(slot.data_interval.start),
+                            end: row
+                                .try_get::<Option<DateTime<Utc>>, _>("existing_end")?
+                                .unwrap_or(slot.data_interval.end),
+                        }),
+                        _ => None,
+                    };
                     locked.insert(
                         row.try_get("dag_id")?,
                         LockedDag {
-                            slot: next_from_row(
-                                row.try_get("next_dagrun_data_interval_start")?,
-                                row.try_get("next_dagrun_data_interval_end")?,
-                                row.try_get("next_dagrun_create_after")?,
-                            )
-                            .filter(|_| live),
+                            slot,
                             active: row.try_get("active")?,
                             existing,
                         },
@@ -416,11 +420,7 @@ impl Store {
                     continue;
                 }
                 match row.existing {
-                    Some((start, end)) => {
-                        let interval = DataInterval {
-                            start: start.unwrap_or(slot.data_interval.start),
-                            end: end.unwrap_or(slot.data_interval.end),
-                        };
+                    Some(interval) => {
                         moves.push((i, (due.policy.next_after)(interval)));
                         outcomes.push(SlotOutcome::AlreadyExisted);
                     }
