@@ -193,15 +193,23 @@ impl Store {
             let dag_ids: Vec<String> = dags.into_iter().map(|(d, _)| d).collect();
             let mut to_start: Vec<i64> = Vec::new();
             for chunk in dag_ids.chunks(CHUNK) {
+                // Counted per DAG through the (dag_id, state) index: a grouped scan over every
+                // running run was chosen by PostgreSQL on a young table (no statistics yet) and
+                // cost 35 ms a pass with 10,000 runs.
                 let mut qb = sqlx::QueryBuilder::new(
-                    "SELECT dag_id, run_type = 'backfill' AS backfill, count(*) AS n FROM dag_run \
-                     WHERE state = 'running' AND dag_id IN ",
+                    "SELECT d.dag_id, \
+                     (SELECT count(*) FROM dag_run x WHERE x.dag_id = d.dag_id AND x.state = 'running' \
+                      AND x.run_type <> 'backfill') AS scheduled, \
+                     (SELECT count(*) FROM dag_run x WHERE x.dag_id = d.dag_id AND x.state = 'running' \
+                      AND x.run_type = 'backfill') AS backfill \
+                     FROM dag d WHERE d.dag_id IN ",
                 );
                 push_in_list(&mut qb, chunk);
-                qb.push(" GROUP BY dag_id, run_type = 'backfill'");
                 let mut running: HashMap<(String, bool), i64> = HashMap::new();
                 for row in qb.build().fetch_all(&mut *tx).await? {
-                    running.insert((row.try_get("dag_id")?, row.try_get("backfill")?), row.try_get("n")?);
+                    let dag_id: String = row.try_get("dag_id")?;
+                    running.insert((dag_id.clone(), false), row.try_get("scheduled")?);
+                    running.insert((dag_id, true), row.try_get("backfill")?);
                 }
                 let mut qb = sqlx::QueryBuilder::new(
                     "SELECT id, dag_id, run_type = 'backfill' AS backfill FROM dag_run \
