@@ -12,7 +12,6 @@ use async_trait::async_trait;
 use chrono::{DateTime, SecondsFormat, Utc};
 use futures::stream::{FuturesUnordered, StreamExt};
 use serde_json::json;
-use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
 use tracing::{debug, info, info_span, warn, Instrument};
 use triggerer_sdk::{
@@ -411,11 +410,11 @@ impl Watch {
     /// must count as new).
     async fn rescan_after_overflow(
         &mut self,
-        rx: &mut mpsc::Receiver<FsChange>,
+        sub: &Subscription,
         em: &mut Emitter,
     ) -> Result<(), Halt> {
         debug!(root = %self.target.root.display(), "events lost; rescanning");
-        while let Ok(change) = rx.try_recv() {
+        while let Some(change) = sub.try_recv() {
             if matches!(change.kind, ChangeKind::Gone | ChangeKind::Renamed) {
                 self.on_change(em, change).await?;
             }
@@ -563,7 +562,7 @@ impl Watch {
 
     async fn run(
         &mut self,
-        sub: &mut Subscription,
+        sub: &Subscription,
         em: &mut Emitter,
         poke_interval: Option<Duration>,
     ) -> Result<(), Halt> {
@@ -577,7 +576,7 @@ impl Watch {
         });
         loop {
             if overflow.take() {
-                self.rescan_after_overflow(&mut sub.rx, em).await?;
+                self.rescan_after_overflow(sub, em).await?;
             }
             let deadline = self.next_deadline();
             let can_read = em.in_flight.len() < MAX_IN_FLIGHT;
@@ -585,11 +584,8 @@ impl Watch {
                 biased;
                 _ = em.cancel.cancelled() => return Err(Halt::Cancelled),
                 Some(outcome) = em.in_flight.next(), if !em.in_flight.is_empty() => settle(outcome)?,
-                _ = overflow.wait() => self.rescan_after_overflow(&mut sub.rx, em).await?,
-                change = sub.rx.recv(), if can_read => match change {
-                    Some(change) => self.on_change(em, change).await?,
-                    None => return Err(Halt::Failed(TriggerError::failed("file watcher stopped"))),
-                },
+                _ = overflow.wait() => self.rescan_after_overflow(sub, em).await?,
+                change = sub.recv(), if can_read => self.on_change(em, change).await?,
                 _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
                     self.on_timers(em).await?;
                 }
@@ -696,7 +692,7 @@ impl EventTrigger for FileTrigger {
         let target = Arc::new(target);
 
         let (watch_root, recursive) = (target.watch_root.clone(), target.recursive_watch);
-        let mut subscription =
+        let subscription =
             tokio::task::spawn_blocking(move || hub.subscribe(watch_root, recursive))
                 .await
                 .map_err(|e| TriggerError::failed(format!("watch task failed: {e}")))??;
@@ -714,7 +710,7 @@ impl EventTrigger for FileTrigger {
             in_flight: FuturesUnordered::new(),
         };
         let outcome = watch
-            .run(&mut subscription, &mut emitter, config.poke_interval)
+            .run(&subscription, &mut emitter, config.poke_interval)
             .instrument(info_span!("file_trigger", trigger_id))
             .await;
         // Stop receiving before waiting on the deliveries.

@@ -6,14 +6,14 @@
 //! thread answers; `table` (subscribers) is only held briefly and is the only lock the notify
 //! callback takes. So the callback can never wait on a thread that waits on notify.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use notify::event::{AccessKind, AccessMode, ModifyKind, RenameMode};
 use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
 use tracing::{debug, warn};
 use triggerer_sdk::TriggerError;
 
@@ -50,24 +50,79 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// A subscriber's bounded queue of changes. Not a tokio channel: one of those allocates its
+/// first block (about 1 KiB here) when created, which 100,000 idle file triggers paid for
+/// nothing; this queue allocates when a change arrives.
+#[derive(Debug)]
+struct Inbox {
+    queue: Mutex<VecDeque<FsChange>>,
+    capacity: usize,
+    ready: Notify,
+}
+
+impl Inbox {
+    fn new(capacity: usize) -> Self {
+        Self {
+            queue: Mutex::new(VecDeque::new()),
+            capacity,
+            ready: Notify::new(),
+        }
+    }
+
+    /// Queues `change`; false when the queue is full (the change is dropped).
+    fn push(&self, change: FsChange) -> bool {
+        {
+            let mut queue = lock(&self.queue);
+            if queue.len() >= self.capacity {
+                return false;
+            }
+            queue.push_back(change);
+        }
+        self.ready.notify_one();
+        true
+    }
+
+    fn pop(&self) -> Option<FsChange> {
+        lock(&self.queue).pop_front()
+    }
+
+    /// The next change. Cancel-safe: a change is taken only by the poll that returns it.
+    async fn recv(&self) -> FsChange {
+        loop {
+            if let Some(change) = self.pop() {
+                return change;
+            }
+            self.ready.notified().await;
+        }
+    }
+}
+
 /// One trigger's registration.
 #[derive(Debug)]
 pub(crate) struct Subscriber {
     id: u64,
     root: PathBuf,
     recursive: bool,
-    tx: mpsc::Sender<FsChange>,
+    inbox: Inbox,
     overflow: AtomicBool,
     wake: Notify,
 }
 
 impl Subscriber {
+    fn new(id: u64, root: PathBuf, recursive: bool, capacity: usize) -> Self {
+        Self {
+            id,
+            root,
+            recursive,
+            inbox: Inbox::new(capacity),
+            overflow: AtomicBool::new(false),
+            wake: Notify::new(),
+        }
+    }
+
     fn forward(&self, change: FsChange) {
-        match self.tx.try_send(change) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => self.mark_overflow(),
-            // The trigger is ending; its Drop guard is about to unregister it.
-            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        if !self.inbox.push(change) {
+            self.mark_overflow();
         }
     }
 
@@ -263,18 +318,15 @@ impl Hub {
         root: PathBuf,
         recursive: bool,
     ) -> Result<Subscription, TriggerError> {
-        let (tx, rx) = mpsc::channel(self.channel_capacity);
         let (sub, nothing_lost) = {
             let mut table = lock(&self.router.table);
             table.next_id += 1;
-            let sub = Arc::new(Subscriber {
-                id: table.next_id,
-                root: root.clone(),
+            let sub = Arc::new(Subscriber::new(
+                table.next_id,
+                root.clone(),
                 recursive,
-                tx,
-                overflow: AtomicBool::new(false),
-                wake: Notify::new(),
-            });
+                self.channel_capacity,
+            ));
             table
                 .roots
                 .entry(root.clone())
@@ -286,7 +338,6 @@ impl Hub {
         let subscription = Subscription {
             hub: self.clone(),
             sub,
-            rx,
         };
 
         let mut control = lock(&self.control);
@@ -439,13 +490,22 @@ impl Hub {
 pub(crate) struct Subscription {
     hub: Arc<Hub>,
     sub: Arc<Subscriber>,
-    pub rx: mpsc::Receiver<FsChange>,
 }
 
 impl Subscription {
-    /// A handle on the overflow flag that can be awaited while `rx` is borrowed.
+    /// A handle on the overflow flag.
     pub fn overflow_signal(&self) -> OverflowSignal {
         OverflowSignal(self.sub.clone())
+    }
+
+    /// The next change under the root (cancel-safe).
+    pub async fn recv(&self) -> FsChange {
+        self.sub.inbox.recv().await
+    }
+
+    /// A change already queued, if any.
+    pub fn try_recv(&self) -> Option<FsChange> {
+        self.sub.inbox.pop()
     }
 }
 
@@ -500,29 +560,21 @@ mod tests {
     use super::*;
     use notify::event::{CreateKind, Flag, RemoveKind};
 
-    fn register(
-        router: &Router,
-        root: &str,
-        recursive: bool,
-        capacity: usize,
-    ) -> (Arc<Subscriber>, mpsc::Receiver<FsChange>) {
-        let (tx, rx) = mpsc::channel(capacity);
+    fn register(router: &Router, root: &str, recursive: bool, capacity: usize) -> Arc<Subscriber> {
         let mut table = lock(&router.table);
         table.next_id += 1;
-        let sub = Arc::new(Subscriber {
-            id: table.next_id,
-            root: PathBuf::from(root),
+        let sub = Arc::new(Subscriber::new(
+            table.next_id,
+            PathBuf::from(root),
             recursive,
-            tx,
-            overflow: AtomicBool::new(false),
-            wake: Notify::new(),
-        });
+            capacity,
+        ));
         table
             .roots
             .entry(PathBuf::from(root))
             .or_default()
             .push(sub.clone());
-        (sub, rx)
+        sub
     }
 
     fn event(kind: EventKind, paths: &[&str]) -> notify::Result<notify::Event> {
@@ -533,9 +585,9 @@ mod tests {
         Ok(event)
     }
 
-    fn drain(rx: &mut mpsc::Receiver<FsChange>) -> Vec<(ChangeKind, String)> {
+    fn drain(sub: &Subscriber) -> Vec<(ChangeKind, String)> {
         let mut out = Vec::new();
-        while let Ok(change) = rx.try_recv() {
+        while let Some(change) = sub.inbox.pop() {
             out.push((change.kind, change.path.display().to_string()));
         }
         out
@@ -544,9 +596,9 @@ mod tests {
     #[test]
     fn routes_by_root_and_depth() {
         let router = Router::default();
-        let (_flat, mut flat_rx) = register(&router, "/w", false, 16);
-        let (_deep, mut deep_rx) = register(&router, "/w", true, 16);
-        let (_other, mut other_rx) = register(&router, "/other", true, 16);
+        let flat = register(&router, "/w", false, 16);
+        let deep = register(&router, "/w", true, 16);
+        let other = register(&router, "/other", true, 16);
         let close = EventKind::Access(AccessKind::Close(AccessMode::Write));
         router.handle(event(close, &["/w/a"]));
         router.handle(event(close, &["/w/sub/b"]));
@@ -559,14 +611,14 @@ mod tests {
             &["/w/sub/x", "/w/y"],
         ));
         assert_eq!(
-            drain(&mut flat_rx),
+            drain(&flat),
             vec![
                 (ChangeKind::ClosedWrite, "/w/a".into()),
                 (ChangeKind::MovedIn, "/w/y".into()),
             ]
         );
         assert_eq!(
-            drain(&mut deep_rx),
+            drain(&deep),
             vec![
                 (ChangeKind::ClosedWrite, "/w/a".into()),
                 (ChangeKind::ClosedWrite, "/w/sub/b".into()),
@@ -574,14 +626,14 @@ mod tests {
                 (ChangeKind::MovedIn, "/w/y".into()),
             ]
         );
-        assert!(drain(&mut other_rx).is_empty());
+        assert!(drain(&other).is_empty());
     }
 
     #[test]
     fn full_queue_or_rescan_flag_sets_overflow() {
         let router = Router::default();
-        let (small, _small_rx) = register(&router, "/w", false, 1);
-        let (idle, _idle_rx) = register(&router, "/v", false, 16);
+        let small = register(&router, "/w", false, 1);
+        let idle = register(&router, "/v", false, 16);
         router.handle(event(EventKind::Create(CreateKind::File), &["/w/a"]));
         assert!(!small.overflow.load(Ordering::SeqCst));
         router.handle(event(EventKind::Create(CreateKind::File), &["/w/b"]));
@@ -609,7 +661,7 @@ mod tests {
     #[test]
     fn removed_root_is_marked_lost() {
         let router = Router::default();
-        let (_sub, _rx) = register(&router, "/w", false, 16);
+        let _sub = register(&router, "/w", false, 16);
         router.handle(event(EventKind::Remove(RemoveKind::File), &["/w/file"]));
         router.handle(event(EventKind::Remove(RemoveKind::Folder), &["/w"]));
         let table = lock(&router.table);
