@@ -507,3 +507,39 @@ store_test!(
         );
     }
 );
+
+store_test!(
+    a_dag_whose_run_id_is_taken_does_not_hold_up_the_others_in_its_pass,
+    |store| {
+        sync_at(&store, "[[dag]]\ndag_id = \"a\"\nschedule = \"@daily\"\nstart_date = 2025-01-01T00:00:00Z\ncatchup = true\n[[dag]]\ndag_id = \"b\"\nschedule = \"@daily\"\nstart_date = 2025-01-01T00:00:00Z\ncatchup = true\n", "2025-01-02T12:00:00Z").await;
+        // A manual run of `a`, at another logical date, holding the id of `a`'s due slot.
+        let slot_of_a = store.dag_timing("a").await.unwrap().next;
+        let taken =
+            triggerer::timetable::run_id("scheduled", slot_of_a.expect("a due slot").run_after);
+        store
+            .create_manual_run(&ManualRun {
+                dag_id: "a".into(),
+                run_id: Some(taken.clone()),
+                conf: json!({}),
+                logical_date: Some(t("2024-06-01T00:00:00Z")),
+                data_interval: None,
+            })
+            .await
+            .unwrap();
+        let report = pass(&store, "2025-01-02T12:00:00Z").await;
+        assert_eq!(report.scheduled_created, 1, "{report:?}");
+        let runs_of_b = store.list_runs(Some("b"), None, 0).await.unwrap();
+        assert_eq!(runs_of_b.len(), 1);
+        assert_eq!(runs_of_b[0].run_id, taken, "the same id, for another DAG");
+        assert_eq!(
+            store.list_runs(Some("a"), None, 0).await.unwrap().len(),
+            1,
+            "only the manual run"
+        );
+        assert_eq!(
+            store.dag_timing("a").await.unwrap().next,
+            slot_of_a,
+            "`a`'s slot waits"
+        );
+    }
+);

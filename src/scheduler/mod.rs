@@ -256,7 +256,7 @@ async fn create_due_runs(
         ),
         Err(e) if e.is_transient() => return Err(e),
         Err(e) => {
-            warn!(error = %e, dags = batch.len(), "creating this pass's runs together failed; creating them one by one");
+            info!(error = %e, dags = batch.len(), "creating this pass's runs together failed; creating them one by one");
             one_by_one.extend(batch);
         }
     }

@@ -329,10 +329,10 @@ impl Store {
     /// a scheduler create thousands of runs a second. Outcomes come back in `slots` order.
     /// DAGs with an asset gate must go through [`Store::create_scheduled_run`].
     ///
-    /// A run whose logical date or id was taken meanwhile by a run created outside the DAG lock
-    /// (a manual run) is not inserted and its slot stays: that DAG reports
-    /// [`SlotOutcome::Skipped`] and the next pass finds the run and moves on, as the one-DAG
-    /// path does.
+    /// Should a run's logical date or id be taken by a run created outside the DAG lock (a
+    /// manual run), nothing is written and [`StoreError::Conflict`] comes back: the caller then
+    /// creates the pass's runs one DAG at a time, where that DAG's slot moves on past the run
+    /// or its error is reported — a batch must not hide it.
     pub async fn create_scheduled_runs(
         &self,
         slots: &[DueSlot<'_>],
@@ -457,12 +457,21 @@ impl Store {
                     inserted.insert(row.try_get("dag_id")?);
                 }
             }
+            let taken: Vec<&str> = creates
+                .iter()
+                .map(|(i, _)| slots[*i].dag_id)
+                .filter(|dag_id| !inserted.contains(*dag_id))
+                .collect();
+            if !taken.is_empty() {
+                // Dropping the transaction rolls back the runs inserted so far.
+                return Err(StoreError::Conflict(format!(
+                    "the scheduled run of {} DAG(s) conflicts with an existing run (first: `{}`)",
+                    taken.len(),
+                    taken[0]
+                )));
+            }
             for (i, _) in &creates {
-                if inserted.contains(slots[*i].dag_id) {
-                    moves.push((*i, (slots[*i].policy.next_after)(slots[*i].expected.data_interval)));
-                } else {
-                    outcomes[*i] = SlotOutcome::Skipped;
-                }
+                moves.push((*i, (slots[*i].policy.next_after)(slots[*i].expected.data_interval)));
             }
 
             for chunk in moves.chunks(CHUNK / 5) {

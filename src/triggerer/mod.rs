@@ -141,6 +141,7 @@ async fn sync_assignment(
     if claim.claimed == 0 && !supervisor.needs_refresh(claim.owned) {
         return Ok(());
     }
+    supervisor.forget_assignment();
     let assigned = store.triggers_for(job_id).await?;
     supervisor.reconcile(&assigned).await;
     Ok(())

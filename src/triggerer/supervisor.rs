@@ -92,6 +92,13 @@ impl Supervisor {
                 .any(|(id, b)| b.retry_at <= now && !self.running.contains_key(id))
     }
 
+    /// Forgets what the last reconcile saw, so [`Supervisor::needs_refresh`] holds until the
+    /// next complete one (call before reading the assignment: a failed read must not leave a
+    /// changed set looking unchanged).
+    pub fn forget_assignment(&mut self) {
+        self.assigned = None;
+    }
+
     /// Makes the running set match `assigned`: cancels the rest, starts the missing ones whose
     /// backoff has passed.
     pub async fn reconcile(&mut self, assigned: &[AssignedTrigger]) {
@@ -216,6 +223,8 @@ impl Supervisor {
                     trigger_id = finished.trigger_id,
                     "trigger no longer owned by this triggerer; stopped"
                 );
+                // It may be ours again by the next loop with the count unchanged: read anew.
+                self.assigned = None;
                 return;
             }
             Ok(Ok(())) => {

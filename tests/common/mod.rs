@@ -202,19 +202,22 @@ impl FaultyProxy {
                     let Ok((mut client, _)) = listener.accept().await else {
                         continue;
                     };
+                    // The cut generation is read BEFORE the down flag (`outage` sets the flag,
+                    // then bumps the generation): a connection accepted while an outage begins
+                    // is either refused here or cut below, never kept through it.
+                    let generation = *cut_rx.borrow();
                     if down.load(Ordering::SeqCst) {
                         continue; // dropped: the client sees its connection closed at once
                     }
                     let upstream = upstream.clone();
                     let mut cut_rx = cut_rx.clone();
-                    cut_rx.borrow_and_update(); // only cuts after this connection count
                     tokio::spawn(async move {
                         let Ok(mut server) = tokio::net::TcpStream::connect(&upstream).await else {
                             return;
                         };
                         tokio::select! {
                             _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
-                            _ = cut_rx.changed() => {}
+                            _ = cut_rx.wait_for(|g| *g != generation) => {}
                         }
                     });
                 }
