@@ -43,6 +43,14 @@ stop_started_services() {
   for pid in "${STARTED_PIDS[@]}"; do
     kill "$pid" 2>/dev/null || true
   done
+  # Wait until they are gone (up to 10 s), so a run started right after does not take a broker
+  # that is shutting down for a running one.
+  for pid in "${STARTED_PIDS[@]}"; do
+    for _ in $(seq 1 100); do
+      kill -0 "$pid" 2>/dev/null || break
+      sleep 0.1
+    done
+  done
 }
 
 port_open() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }

@@ -181,7 +181,31 @@ fn is_stopping(error: &KafkaError) -> bool {
 }
 
 async fn run(hub: Arc<Hub>, key: String, shared: Arc<Shared>, client: BTreeMap<String, String>) {
-    let outcome = consume(&hub, &key, &shared, &client).await;
+    let (errors_tx, errors) = mpsc::unbounded_channel();
+    let mut config = ClientConfig::new();
+    for (k, v) in &client {
+        config.set(k, v);
+    }
+    config
+        .set("enable.auto.commit", "true")
+        .set("enable.auto.offset.store", "false")
+        .set("enable.partition.eof", "false")
+        .set_log_level(librdkafka_log_level());
+    let created: Result<StreamConsumer<HubContext>, _> =
+        config.create_with_context(HubContext { errors: errors_tx });
+    let (outcome, consumer) = match created {
+        Ok(consumer) => (
+            consume(&hub, &key, &shared, &consumer, errors).await,
+            Some(consumer),
+        ),
+        Err(e) => (
+            Err(format!(
+                "cannot create a Kafka consumer for {}: {e}",
+                shared.cluster
+            )),
+            None,
+        ),
+    };
     let mut consumers = lock(&hub.consumers);
     if consumers.get(&key).is_some_and(|s| Arc::ptr_eq(s, &shared)) {
         consumers.remove(&key);
@@ -195,6 +219,12 @@ async fn run(hub: Arc<Hub>, key: String, shared: Arc<Shared>, client: BTreeMap<S
             }
         }
     }
+    // Closing leaves the group, which waits on the brokers (and, with none reachable, on
+    // librdkafka's timeouts): on a blocking thread, after the watchers were told, so a dead
+    // cluster can neither stall an async worker nor keep its watchers looking healthy.
+    if let Some(consumer) = consumer {
+        tokio::task::spawn_blocking(move || drop(consumer));
+    }
 }
 
 /// Runs the consumer until it has no watchers (Ok) or must stop (Err with the reason).
@@ -202,22 +232,9 @@ async fn consume(
     hub: &Hub,
     key: &str,
     shared: &Shared,
-    client: &BTreeMap<String, String>,
+    consumer: &StreamConsumer<HubContext>,
+    mut errors: mpsc::UnboundedReceiver<KafkaError>,
 ) -> Result<(), String> {
-    let (errors_tx, mut errors) = mpsc::unbounded_channel();
-    let mut config = ClientConfig::new();
-    for (k, v) in client {
-        config.set(k, v);
-    }
-    config
-        .set("enable.auto.commit", "true")
-        .set("enable.auto.offset.store", "false")
-        .set("enable.partition.eof", "false")
-        .set_log_level(librdkafka_log_level());
-    let consumer: StreamConsumer<HubContext> = config
-        .create_with_context(HubContext { errors: errors_tx })
-        .map_err(|e| format!("cannot create a Kafka consumer for {}: {e}", shared.cluster))?;
-
     let mut subscribed: BTreeSet<String> = BTreeSet::new();
     let mut inflight: FuturesUnordered<BoxFuture<'static, Outcome>> = FuturesUnordered::new();
     let mut pending: Pending = HashMap::new();
@@ -262,7 +279,7 @@ async fn consume(
                 if let Some(waiting) = pending.get_mut(&(topic.clone(), partition)).and_then(|p| p.get_mut(&offset)) {
                     waiting.remove(&watcher);
                 }
-                store_committed(&consumer, &mut pending, topic, partition);
+                store_committed(consumer, &mut pending, topic, partition);
             }
             Some(error) = errors.recv() => {
                 if is_stopping(&error) {
@@ -309,7 +326,7 @@ async fn consume(
                     .extend(sinks.iter().map(|(id, _)| *id));
                 if sinks.is_empty() {
                     // Its watcher left: nobody to tell, and nothing to hold the partition for.
-                    store_committed(&consumer, &mut pending, slot.0, slot.1);
+                    store_committed(consumer, &mut pending, slot.0, slot.1);
                     continue;
                 }
                 let payload = received.payload();
