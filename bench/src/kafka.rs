@@ -293,10 +293,9 @@ pub async fn bench_throughput(engine: Engine, args: &Args) -> Result<()> {
     db.remove().await
 }
 
-/// Produces at `rate` per second for `seconds`, each message carrying its send time (µs).
-async fn produce_at_rate(addr: &str, topic: &str, rate: u32, seconds: u64) -> Result<usize> {
+/// Produces `total` messages at `rate` per second, each carrying its send time (µs).
+async fn produce_at_rate(addr: &str, topic: &str, rate: u32, total: usize) -> Result<()> {
     let producer = producer(addr, 0)?;
-    let total = rate as usize * seconds as usize;
     let period = Duration::from_secs(1) / rate;
     let start = tokio::time::Instant::now();
     let mut sends = tokio::task::JoinSet::new();
@@ -322,7 +321,7 @@ async fn produce_at_rate(addr: &str, topic: &str, rate: u32, seconds: u64) -> Re
     while let Some(r) = sends.join_next().await {
         r?.context("produce")?;
     }
-    Ok(total)
+    Ok(())
 }
 
 /// Records when each commit became visible: (time, highest event id then). The next wake-up is
@@ -395,7 +394,7 @@ pub async fn bench_latency(engine: Engine, args: &Args) -> Result<()> {
     // Both consumers have joined their groups before the first timed message.
     tokio::time::sleep(Duration::from_secs(3)).await;
     progress(&format!("{name}: producing at {}/s", args.rate));
-    let total = produce_at_rate(addr, &topic, args.rate, args.latency_seconds).await?;
+    produce_at_rate(addr, &topic, args.rate, total).await?;
     wait_for_events(&db.store, total + 1, Duration::from_secs(120))
         .await?
         .with_context(|| format!("not all {total} messages were committed within 120 s"))?;

@@ -222,7 +222,8 @@ async fn create_due_runs(
             move |names: &BTreeSet<String>| expr.is_some_and(|e| e.evaluate(names))
         })
         .collect();
-    let mut batch: Vec<(usize, DueSlot<'_>)> = Vec::new();
+    // The batch as two lists: its slots go to the store as they are, its indices come back.
+    let (mut batch_index, mut batch): (Vec<usize>, Vec<DueSlot<'_>>) = (Vec::new(), Vec::new());
     let mut one_by_one: Vec<(usize, DueSlot<'_>)> = Vec::new();
     for (i, ((dag, timetable), slot)) in due.iter().zip(slots).enumerate() {
         let Some(expected) = *slot else { continue };
@@ -242,22 +243,17 @@ async fn create_due_runs(
         if due_slot.policy.gate.is_some() {
             one_by_one.push((i, due_slot));
         } else {
-            batch.push((i, due_slot));
+            batch_index.push(i);
+            batch.push(due_slot);
         }
     }
     let mut outcomes = Vec::with_capacity(batch.len() + one_by_one.len());
-    let slots_of_batch: Vec<DueSlot<'_>> = batch.iter().map(|(_, s)| s.clone()).collect();
-    match store.create_scheduled_runs(&slots_of_batch, job_id).await {
-        Ok(created) => outcomes.extend(
-            batch
-                .iter()
-                .map(|(i, _)| *i)
-                .zip(created.into_iter().map(Ok)),
-        ),
+    match store.create_scheduled_runs(&batch, job_id).await {
+        Ok(created) => outcomes.extend(batch_index.into_iter().zip(created.into_iter().map(Ok))),
         Err(e) if e.is_transient() => return Err(e),
         Err(e) => {
             info!(error = %e, dags = batch.len(), "creating this pass's runs together failed; creating them one by one");
-            one_by_one.extend(batch);
+            one_by_one.extend(batch_index.into_iter().zip(batch));
         }
     }
     for (i, due_slot) in one_by_one {

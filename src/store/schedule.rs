@@ -26,7 +26,6 @@ pub struct DagTiming {
 }
 
 /// How to create the run of a due slot, decided by the caller's timetable.
-#[derive(Clone, Copy)]
 pub struct SlotPolicy<'a> {
     /// The slot after a run with this data interval.
     pub next_after: &'a (dyn Fn(DataInterval) -> Option<DagRunInfo> + Sync),
@@ -37,7 +36,6 @@ pub struct SlotPolicy<'a> {
 }
 
 /// A due slot to create the run of, with the policy its DAG's timetable decided.
-#[derive(Clone)]
 pub struct DueSlot<'a> {
     pub dag_id: &'a str,
     /// The slot as [`Store::due_dags`] read it.
