@@ -14,7 +14,8 @@ use serde_json::Value;
 use tokio::sync::Notify;
 use triggerer_sdk::CancellationToken;
 
-use crate::definitions::{self, watch, SyncError};
+use crate::definitions::{self, watch, SyncError, SyncOptions};
+use crate::names;
 use crate::registry::{builtin_providers, ProviderRegistry};
 use crate::scheduler::{self, SchedulerOptions};
 use crate::secrets;
@@ -86,6 +87,9 @@ pub enum DagsCommand {
     Sync {
         #[arg(required = true)]
         paths: Vec<PathBuf>,
+        /// Accept finding no definition file, or removing every asset and DAG now defined.
+        #[arg(long)]
+        allow_empty: bool,
     },
     /// List DAGs.
     List(JsonFlag),
@@ -194,11 +198,21 @@ pub enum RunsCommand {
     },
 }
 
+/// `--dags PATH` and how its syncs treat removals.
 #[derive(Debug, Args)]
-pub struct RunArgs {
-    /// Sync definitions from PATH at start and whenever they change.
+pub struct DagsArgs {
+    /// Sync definitions from PATH at start, whenever they change, and on SIGHUP.
     #[arg(long)]
     pub dags: Option<PathBuf>,
+    /// With --dags: accept finding no definition file, or removing every asset and DAG.
+    #[arg(long, requires = "dags")]
+    pub allow_empty: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub dags: DagsArgs,
     /// Most triggers this process runs.
     #[arg(long, env = "TRIGGERER_CAPACITY", default_value_t = 1000)]
     pub capacity: usize,
@@ -235,8 +249,8 @@ impl RunArgs {
 
 #[derive(Debug, Args)]
 pub struct SchedulerArgs {
-    #[arg(long)]
-    pub dags: Option<PathBuf>,
+    #[command(flatten)]
+    pub dags: DagsArgs,
     /// Run passes until nothing more is due, then exit.
     #[arg(long)]
     pub once: bool,
@@ -268,17 +282,10 @@ pub async fn run(cli: Cli) -> Result<()> {
 
 async fn dispatch(command: Command, store: &Store, registry: &ProviderRegistry) -> Result<()> {
     match command {
-        Command::Dags(DagsCommand::Sync { paths }) => {
-            let report = definitions::sync(store, &paths, registry).await?;
-            println!(
-                "synced {} asset(s), {} DAG(s); triggers +{} -{}; deactivated {} asset(s), {} DAG(s)",
-                report.assets,
-                report.dags,
-                report.triggers_added,
-                report.triggers_removed,
-                report.assets_deactivated,
-                report.dags_deactivated
-            );
+        Command::Dags(DagsCommand::Sync { paths, allow_empty }) => {
+            let report =
+                definitions::sync(store, &paths, registry, SyncOptions { allow_empty }).await?;
+            println!("synced {report}");
         }
         Command::Dags(DagsCommand::List(f)) => {
             let rows = store.list_dags().await?;
@@ -367,7 +374,11 @@ async fn dispatch(command: Command, store: &Store, registry: &ProviderRegistry) 
         }) => {
             let from = parse_time_flag("--from", Some(&from))?.context("--from is required")?;
             let to = parse_time_flag("--to", Some(&to))?.context("--to is required")?;
-            let timetable = scheduler::timetable_for(&store.dag_timing(&dag_id).await?);
+            let timing = store.dag_timing(&dag_id).await?;
+            // As Airflow does, a backfill stays within the DAG's own start and end dates; say
+            // so rather than create runs the DAG could never have had.
+            let (from, to) = within_dag_dates(&dag_id, from, to, &timing.restriction)?;
+            let timetable = scheduler::timetable_for(&timing);
             let slots = scheduler::backfill_slots(&timetable, from, to, MAX_BACKFILL_RUNS)
                 .map_err(|e| anyhow::anyhow!("cannot backfill {dag_id}: {e}"))?;
             let tty = std::io::stdout().is_terminal();
@@ -412,6 +423,9 @@ async fn dispatch(command: Command, store: &Store, registry: &ProviderRegistry) 
             dedup_key,
         }) => {
             let extra = parse_json_object("--extra", extra.as_deref())?;
+            if let Some(key) = &dedup_key {
+                names::check(key).map_err(|e| anyhow::anyhow!("--dedup-key: {e}"))?;
+            }
             let asset_id = store.asset_id(&name).await?;
             let event = NewEvent {
                 origin: Origin::Manual { asset_id },
@@ -513,27 +527,47 @@ async fn dispatch(command: Command, store: &Store, registry: &ProviderRegistry) 
     Ok(())
 }
 
+/// How often a running process checks that its SQLite file is still the one it opened.
+const DATABASE_FILE_CHECK: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Runs a triggerer, a scheduler, or both (whichever has options), until SIGINT or
-/// SIGTERM — or, for `scheduler --once`, until nothing more is due.
+/// SIGTERM — or, for `scheduler --once`, until nothing more is due. SIGHUP re-syncs `--dags`.
 async fn serve(
     store: &Store,
     registry: &ProviderRegistry,
-    dags: Option<PathBuf>,
+    dags: DagsArgs,
     triggerer_options: Option<TriggererOptions>,
     scheduler_options: Option<SchedulerOptions>,
 ) -> Result<()> {
     let shutdown = CancellationToken::new();
     let mut tasks = tokio::task::JoinSet::new();
-    if let Some(path) = dags {
-        watch::initial_sync(store, &path, registry).await?;
+    let (reload_tx, reload_rx) = tokio::sync::mpsc::unbounded_channel();
+    let reload = dags.dags.is_some().then_some(reload_tx);
+    if let Some(path) = dags.dags {
+        let options = SyncOptions {
+            allow_empty: dags.allow_empty,
+        };
+        let applied = watch::initial_sync(store, &path, registry, options).await?;
         tasks.spawn({
             let (store, registry, shutdown) = (store.clone(), registry.clone(), shutdown.clone());
             async move {
-                watch::watch(store, path, registry, shutdown).await;
+                watch::watch(store, path, registry, options, applied, reload_rx, shutdown).await;
                 Ok(())
             }
         });
     }
+    tasks.spawn({
+        let (store, shutdown) = (store.clone(), shutdown.clone());
+        async move {
+            let mut every = tokio::time::interval(DATABASE_FILE_CHECK);
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(()),
+                    _ = every.tick() => store.check_database_file()?,
+                }
+            }
+        }
+    });
     let committed = Arc::new(Notify::new());
     let once = scheduler_options.as_ref().is_some_and(|o| o.once);
     if let Some(options) = triggerer_options {
@@ -554,12 +588,20 @@ async fn serve(
         ))
     });
 
-    let signals = shutdown_signal();
-    tokio::pin!(signals);
+    let mut signals = Signals::new()?;
     let mut failure: Option<anyhow::Error> = None;
     loop {
         tokio::select! {
-            _ = &mut signals => break,
+            signal = signals.next() => match signal {
+                Signal::Stop => break,
+                Signal::Reload => match &reload {
+                    Some(reload) => {
+                        tracing::info!("SIGHUP: re-syncing the definitions");
+                        let _ = reload.send(());
+                    }
+                    None => tracing::info!("SIGHUP: nothing to reload (no --dags)"),
+                },
+            },
             done = async { scheduler_task.as_mut().expect("guarded by the if").await }, if scheduler_task.is_some() => {
                 scheduler_task = None;
                 match done {
@@ -593,26 +635,92 @@ async fn serve(
     }
 }
 
-async fn shutdown_signal() {
+/// What a signal asks of a running service.
+enum Signal {
+    /// SIGINT, SIGTERM: stop, handing triggers back.
+    Stop,
+    /// SIGHUP: re-read the definitions (a daemon's reload), never an unclean exit.
+    Reload,
+}
+
+/// The signals a service listens to, installed once (so none is missed between two waits).
+struct Signals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
+    int: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    term: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Ok(Self {
+                int: signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?,
+                term: signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?,
+                hup: signal(SignalKind::hangup()).context("cannot listen for SIGHUP")?,
+            })
+        }
+        #[cfg(not(unix))]
+        Ok(Self {})
+    }
+
+    async fn next(&mut self) -> Signal {
+        #[cfg(unix)]
+        {
+            tokio::select! {
+                _ = self.int.recv() => Signal::Stop,
+                _ = self.term.recv() => Signal::Stop,
+                _ = self.hup.recv() => Signal::Reload,
             }
         }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+            Signal::Stop
+        }
     }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
+}
+
+/// `[from, to]` narrowed to the DAG's `start_date`/`end_date`, with a note for each bound
+/// moved; an error when nothing of the range is left.
+fn within_dag_dates(
+    dag_id: &str,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    restriction: &crate::timetable::TimeRestriction,
+) -> Result<(DateTime<Utc>, DateTime<Utc>)> {
+    let mut range = (from, to);
+    if let Some(start) = restriction.earliest.filter(|start| from < *start) {
+        if to < start {
+            bail!(
+                "cannot backfill {dag_id}: the range ends before the DAG's start_date {}",
+                isoformat(start)
+            );
+        }
+        println!(
+            "backfill {dag_id}: --from is before the DAG's start_date; starting at {}",
+            isoformat(start)
+        );
+        range.0 = start;
     }
+    if let Some(end) = restriction.latest.filter(|end| to > *end) {
+        if range.0 > end {
+            bail!(
+                "cannot backfill {dag_id}: the range starts after the DAG's end_date {}",
+                isoformat(end)
+            );
+        }
+        println!(
+            "backfill {dag_id}: --to is after the DAG's end_date; stopping at {}",
+            isoformat(end)
+        );
+        range.1 = end;
+    }
+    Ok(range)
 }
 
 /// Most runs one `dags backfill` creates; a larger range is split by the user.
@@ -642,7 +750,41 @@ fn parse_json_object(flag: &str, text: Option<&str>) -> Result<Value> {
     if !value.is_object() {
         bail!("{flag}: must be a JSON object such as '{{\"key\": \"value\"}}', got {text}");
     }
+    if let Some(number) = inexact_integer(text) {
+        bail!(
+            "{flag}: the integer {number} is too large to keep exactly (JSON numbers are kept \
+             as 64-bit values); write it as a string, \"{number}\""
+        );
+    }
     Ok(value)
+}
+
+/// The first integer literal in the JSON `text` outside 64 bits, which would be stored as a
+/// rounded float. `text` is known to be valid JSON.
+fn inexact_integer(text: &str) -> Option<&str> {
+    let bytes = text.as_bytes();
+    let (mut i, mut in_string) = (0, false);
+    while i < bytes.len() {
+        match bytes[i] {
+            b'\\' if in_string => i += 1,
+            b'"' => in_string = !in_string,
+            b'-' | b'0'..=b'9' if !in_string => {
+                let start = i;
+                while i < bytes.len() && matches!(bytes[i], b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9') {
+                    i += 1;
+                }
+                let literal = &text[start..i];
+                let integer = !literal.contains(['.', 'e', 'E']);
+                if integer && literal.parse::<i64>().is_err() && literal.parse::<u64>().is_err() {
+                    return Some(literal);
+                }
+                continue;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    None
 }
 
 /// Hides a password in a database URL before printing it.
@@ -719,19 +861,32 @@ fn cell(value: &Value) -> String {
         Value::Null => "-".into(),
         Value::String(s) => match s.parse::<DateTime<Utc>>() {
             Ok(t) => isoformat(t),
-            Err(_) => s.clone(),
+            // A name from before names were checked, a payload, an error text: never raw.
+            Err(_) => names::escape_control(s).into_owned(),
         },
         Value::Array(items) => items.iter().map(cell).collect::<Vec<_>>().join(","),
         other => other.to_string(),
     }
 }
 
-/// Maps a sync failure to the process exit: errors already carry `file:line: message`.
+/// Maps a failure to what the process prints as it exits: definition errors as their
+/// `file:line: message` lines; anything else as `error: ` and its chain of causes, each cause
+/// once (our errors already quote their source's text, so `{:#}` printed it up to three times).
 pub fn exit_message(error: &anyhow::Error) -> String {
-    match error.downcast_ref::<SyncError>() {
-        Some(SyncError::Invalid(errors)) => errors.to_string(),
-        _ => format!("error: {error:#}"),
+    if let Some(SyncError::Invalid(errors)) = error.downcast_ref::<SyncError>() {
+        return errors.to_string();
     }
+    let mut message = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if !message.contains(&text) {
+            if !message.is_empty() {
+                message.push_str(": ");
+            }
+            message.push_str(&text);
+        }
+    }
+    format!("error: {}", names::escape_control(&message))
 }
 
 #[cfg(test)]

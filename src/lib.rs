@@ -17,6 +17,8 @@
 //!   reconciliation; `definitions::watch` re-syncs on change (`--dags`).
 //! - [`asset_expression`]: `a & (b | c)`: parsing, evaluation, names.
 //! - [`identity`]: a trigger's stable hash over canonical classpath and kwargs.
+//! - [`names`]: what a name (asset, DAG, watcher, run id, dedup key) may be, and escaping text
+//!   for a terminal.
 //! - [`registry`]: the providers built in (`builtin_providers()`), looked up by classpath.
 //! - [`secrets`]: `{ env = "NAME" }` references in kwargs, resolved only in the triggerer, and
 //!   masking of sensitive values wherever kwargs are shown.
@@ -24,6 +26,7 @@
 //!   [`triggerer::supervisor`] and the [`triggerer::writer`].
 //! - [`scheduler`]: scheduling passes: asset-triggered runs, starting queued runs.
 //! - [`store`]: every SQL statement, for SQLite and PostgreSQL alike, and the migrations.
+//! - [`timetable`]: Airflow's timetables (cron, delta, presets, data intervals): the next slot.
 //! - [`telemetry`]: logging setup. [`time`]: UTC helpers shared by all.
 //!
 //! Providers live in their own crates (`providers/*`) and depend only on `triggerer-sdk`.
@@ -32,6 +35,7 @@ pub mod asset_expression;
 pub mod cli;
 pub mod definitions;
 pub mod identity;
+pub mod names;
 pub mod registry;
 pub mod scheduler;
 pub mod secrets;

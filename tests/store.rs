@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use chrono::Duration;
 use serde_json::json;
-use triggerer::definitions;
+use triggerer::definitions::{self, SyncOptions};
 use triggerer::registry::builtin_providers;
 use triggerer::scheduler;
 use triggerer::store::{Claim, ManualRun, NewEvent, Origin, Store, StoreError, TRIGGERER_JOB};
@@ -16,6 +16,17 @@ use triggerer_sdk::{Checkpoint, NotCommitted};
 async fn sync(store: &Store, text: &str) {
     let plan =
         definitions::load_str("defs.toml", text, &builtin_providers()).expect("valid definitions");
+    store
+        .apply_definitions(&plan)
+        .await
+        .expect("apply definitions");
+}
+
+/// [`sync`] as `--allow-empty` does it: removing everything is accepted.
+async fn sync_allowing_empty(store: &Store, text: &str) {
+    let mut plan =
+        definitions::load_str("defs.toml", text, &builtin_providers()).expect("valid definitions");
+    plan.allow_removing_everything = true;
     store
         .apply_definitions(&plan)
         .await
@@ -124,8 +135,16 @@ kwargs = { filepath = "/tmp/other" }
         store.list_dags().await.unwrap().is_empty(),
         "removed DAG is no longer listed"
     );
+    // Removing everything is refused unless asked for, and then changes nothing.
+    let plan = definitions::load_str("defs.toml", "", &builtin_providers()).unwrap();
+    let err = store.apply_definitions(&plan).await.unwrap_err();
+    assert!(
+        matches!(err, StoreError::WouldRemoveEverything { assets: 2, dags: 0 }),
+        "{err}"
+    );
+    assert_eq!(store.list_assets().await.unwrap().len(), 2);
     // Everything removed: no triggers, no assets, no DAGs.
-    sync(&store, "").await;
+    sync_allowing_empty(&store, "").await;
     assert!(store
         .list_triggers(std::time::Duration::from_secs(30))
         .await
@@ -445,7 +464,7 @@ store_test!(a_failed_sync_writes_nothing, |store| {
         "[[dag]]\ndag_id = \"d\"\nschedule = { assets = \"x & missing\" }\n",
     );
     let paths: Vec<PathBuf> = vec![good, bad];
-    let err = definitions::sync(&store, &paths, &builtin_providers())
+    let err = definitions::sync(&store, &paths, &builtin_providers(), SyncOptions::default())
         .await
         .unwrap_err()
         .to_string();

@@ -6,7 +6,7 @@
 pub mod schedule;
 pub mod watch;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -19,6 +19,7 @@ use toml::Spanned;
 use tracing::warn;
 
 use crate::identity::{canonical_json, trigger_hash};
+use crate::names;
 use crate::registry::{ProviderRegistry, WatcherError};
 use crate::secrets;
 use crate::store::{AssetPlan, DagPlan, Store, StoreError, SyncPlan, SyncReport, WatcherPlan};
@@ -36,7 +37,15 @@ pub struct DefinitionError {
 
 impl fmt::Display for DefinitionError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}: {}", self.file, self.line, self.message)
+        // Messages quote what the file says, which may be a name refused for its control
+        // characters: printed raw, those would act on the terminal.
+        write!(
+            f,
+            "{}:{}: {}",
+            names::escape_control(&self.file),
+            self.line,
+            names::escape_control(&self.message)
+        )
     }
 }
 
@@ -60,6 +69,11 @@ impl fmt::Display for DefinitionErrors {
 pub enum SyncError {
     #[error("{0}")]
     Invalid(#[from] DefinitionErrors),
+    #[error(
+        "{0}: no definition file (*.toml) found; nothing was changed (pass --allow-empty to \
+         remove every asset and DAG)"
+    )]
+    NoDefinitionFiles(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -147,34 +161,62 @@ impl Source {
 }
 
 /// Lists the `.toml` files of `paths` (files as given, directories searched recursively),
-/// sorted so that sync order and error order are stable.
+/// sorted so that sync order and error order are stable. Symlinks are followed, but every
+/// directory and file is read once at most, by its canonical path: a link back up the tree (a
+/// cycle) or two links to one place would otherwise loop forever or define everything twice.
 pub fn definition_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, DefinitionErrors> {
     let mut files = Vec::new();
     let mut errors = Vec::new();
+    let mut seen_dirs: HashSet<PathBuf> = HashSet::new();
+    let mut seen_files: HashSet<PathBuf> = HashSet::new();
+    let unreadable = |path: &Path, what: &str, e: std::io::Error| DefinitionError {
+        file: path.display().to_string(),
+        line: 0,
+        message: format!("cannot read {what}: {e}"),
+    };
     for path in paths {
         if path.is_dir() {
             let mut stack = vec![path.clone()];
             while let Some(dir) = stack.pop() {
-                match std::fs::read_dir(&dir) {
-                    Ok(entries) => {
-                        for entry in entries.flatten() {
-                            let p = entry.path();
-                            if p.is_dir() {
-                                stack.push(p);
-                            } else if p.extension().is_some_and(|e| e == "toml") {
-                                files.push(p);
-                            }
+                match std::fs::canonicalize(&dir).map(|c| seen_dirs.insert(c)) {
+                    Ok(false) => continue,
+                    Ok(true) => {}
+                    Err(e) => {
+                        errors.push(unreadable(&dir, "directory", e));
+                        continue;
+                    }
+                }
+                let entries = match std::fs::read_dir(&dir) {
+                    Ok(entries) => entries,
+                    Err(e) => {
+                        errors.push(unreadable(&dir, "directory", e));
+                        continue;
+                    }
+                };
+                // Sorted, and depth first in that order: which of two links to one place is
+                // kept (and so named in errors) does not depend on the directory's order.
+                let mut entries: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
+                entries.sort();
+                let (dirs, others): (Vec<PathBuf>, Vec<PathBuf>) =
+                    entries.into_iter().partition(|p| p.is_dir());
+                stack.extend(dirs.into_iter().rev());
+                for p in others {
+                    if is_definition_file(&p) {
+                        match std::fs::canonicalize(&p).map(|c| seen_files.insert(c)) {
+                            Ok(true) => files.push(p),
+                            Ok(false) => {}
+                            // A dangling link among them: its DAGs would silently go.
+                            Err(e) => errors.push(unreadable(&p, "file", e)),
                         }
                     }
-                    Err(e) => errors.push(DefinitionError {
-                        file: dir.display().to_string(),
-                        line: 0,
-                        message: format!("cannot read directory: {e}"),
-                    }),
                 }
             }
         } else if path.exists() {
-            files.push(path.clone());
+            match std::fs::canonicalize(path).map(|c| seen_files.insert(c)) {
+                Ok(true) => files.push(path.clone()),
+                Ok(false) => {}
+                Err(e) => errors.push(unreadable(path, "file", e)),
+            }
         } else {
             errors.push(DefinitionError {
                 file: path.display().to_string(),
@@ -187,28 +229,64 @@ pub fn definition_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, DefinitionErr
         return Err(DefinitionErrors(errors));
     }
     files.sort();
-    files.dedup();
     Ok(files)
+}
+
+/// The definition files under some paths, read at one moment: what a sync validates, and a
+/// digest of it, so that a watcher can tell a real change from a file merely touched.
+pub struct Snapshot {
+    sources: Vec<Source>,
+}
+
+impl Snapshot {
+    /// Reads every definition file under `paths`.
+    pub fn read(paths: &[PathBuf]) -> Result<Self, DefinitionErrors> {
+        let mut sources = Vec::new();
+        let mut errors = Vec::new();
+        for file in definition_files(paths)? {
+            match std::fs::read_to_string(&file) {
+                Ok(text) => sources.push(Source::new(file.display().to_string(), text)),
+                Err(e) => errors.push(DefinitionError {
+                    file: file.display().to_string(),
+                    line: 0,
+                    message: format!("cannot read file: {e}"),
+                }),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(DefinitionErrors(errors));
+        }
+        Ok(Self { sources })
+    }
+
+    /// SHA-256 over every file's name and text, in sync order.
+    pub fn digest(&self) -> [u8; 32] {
+        use sha2::{Digest, Sha256};
+        let mut digest = Sha256::new();
+        for source in &self.sources {
+            // Lengths first, so that no two different sets of files hash alike.
+            digest.update((source.file.len() as u64).to_le_bytes());
+            digest.update(source.file.as_bytes());
+            digest.update((source.text.len() as u64).to_le_bytes());
+            digest.update(source.text.as_bytes());
+        }
+        digest.finalize().into()
+    }
+
+    /// How many definition files it holds.
+    pub fn files(&self) -> usize {
+        self.sources.len()
+    }
+
+    /// Parses and validates the snapshot into a plan to write.
+    pub fn validate(&self, registry: &ProviderRegistry) -> Result<SyncPlan, DefinitionErrors> {
+        validate(&self.sources, registry)
+    }
 }
 
 /// Reads, parses and validates the definitions under `paths` into a plan to write.
 pub fn load(paths: &[PathBuf], registry: &ProviderRegistry) -> Result<SyncPlan, DefinitionErrors> {
-    let mut sources = Vec::new();
-    let mut errors = Vec::new();
-    for file in definition_files(paths)? {
-        match std::fs::read_to_string(&file) {
-            Ok(text) => sources.push(Source::new(file.display().to_string(), text)),
-            Err(e) => errors.push(DefinitionError {
-                file: file.display().to_string(),
-                line: 0,
-                message: format!("cannot read file: {e}"),
-            }),
-        }
-    }
-    if !errors.is_empty() {
-        return Err(DefinitionErrors(errors));
-    }
-    validate(&sources, registry)
+    Snapshot::read(paths)?.validate(registry)
 }
 
 /// Parses definitions from in-memory text, as if read from `file` (used by tests and tools).
@@ -220,17 +298,51 @@ pub fn load_str(
     validate(&[Source::new(file.to_string(), text.to_string())], registry)
 }
 
+/// How careful a sync is with what it would remove.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SyncOptions {
+    /// Accept a sync that finds no definition file, or that would leave none of the assets and
+    /// DAGs now defined. Without it such a sync is refused: it is what an empty or half-written
+    /// file, or a mistyped path, looks like.
+    pub allow_empty: bool,
+}
+
 /// Loads and writes the definitions under `paths`, then aligns every DAG's next scheduled
 /// slot with its (possibly new) schedule. Nothing is written if anything is wrong.
 pub async fn sync(
     store: &Store,
     paths: &[PathBuf],
     registry: &ProviderRegistry,
+    options: SyncOptions,
 ) -> Result<SyncReport, SyncError> {
-    let plan = load(paths, registry)?;
+    let snapshot = Snapshot::read(paths)?;
+    sync_snapshot(store, &snapshot, paths, registry, options).await
+}
+
+/// [`sync`] of what was already read from `paths`.
+pub async fn sync_snapshot(
+    store: &Store,
+    snapshot: &Snapshot,
+    paths: &[PathBuf],
+    registry: &ProviderRegistry,
+    options: SyncOptions,
+) -> Result<SyncReport, SyncError> {
+    if snapshot.files() == 0 && !options.allow_empty {
+        return Err(SyncError::NoDefinitionFiles(display_paths(paths)));
+    }
+    let mut plan = snapshot.validate(registry)?;
+    plan.allow_removing_everything = options.allow_empty;
     let report = store.apply_definitions(&plan).await?;
     crate::scheduler::refresh_next_dagruns(store, crate::time::now()).await?;
     Ok(report)
+}
+
+fn display_paths(paths: &[PathBuf]) -> String {
+    paths
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn toml_to_json(value: &toml::Value) -> Value {
@@ -299,8 +411,8 @@ fn validate(sources: &[Source], registry: &ProviderRegistry) -> Result<SyncPlan,
             let asset = asset.get_ref();
             let name = asset.name.get_ref().trim().to_string();
             let name_line = source.line_of(asset.name.span());
-            if name.is_empty() {
-                errors.push(source.error(asset.name.span(), "asset: `name` must not be empty"));
+            if let Err(e) = names::check(&name) {
+                errors.push(source.error(asset.name.span(), format!("asset: `name` {e}")));
                 continue;
             }
             if let Some((file, line)) = asset_at.get(&name) {
@@ -316,12 +428,8 @@ fn validate(sources: &[Source], registry: &ProviderRegistry) -> Result<SyncPlan,
                 .as_ref()
                 .map(|u| u.get_ref().trim().to_string())
                 .unwrap_or_else(|| name.clone());
-            if uri.is_empty() {
-                if let Some(u) = &asset.uri {
-                    errors.push(
-                        source.error(u.span(), format!("asset `{name}`: `uri` must not be empty")),
-                    );
-                }
+            if let (Err(e), Some(u)) = (names::check(&uri), &asset.uri) {
+                errors.push(source.error(u.span(), format!("asset `{name}`: `uri` {e}")));
             }
             let uri_span = asset
                 .uri
@@ -343,10 +451,10 @@ fn validate(sources: &[Source], registry: &ProviderRegistry) -> Result<SyncPlan,
                 let w = watcher.get_ref();
                 let wname = w.name.get_ref().trim().to_string();
                 let ctx = format!("asset `{name}`, watcher `{wname}`");
-                if wname.is_empty() {
+                if let Err(e) = names::check(&wname) {
                     errors.push(source.error(
                         w.name.span(),
-                        format!("asset `{name}`: watcher `name` must not be empty"),
+                        format!("asset `{name}`: watcher `name` {e}"),
                     ));
                     continue;
                 }
@@ -391,6 +499,13 @@ fn validate(sources: &[Source], registry: &ProviderRegistry) -> Result<SyncPlan,
                         continue;
                     }
                 };
+                if let Some(path) = nul_in_strings(&kwargs) {
+                    errors.push(source.error(
+                        kwargs_span.clone(),
+                        format!("{ctx}: kwargs `{path}` must not contain a NUL character"),
+                    ));
+                    continue;
+                }
                 let canonical = resolved.classpath;
                 let kwargs = match placeholders.restore(&resolved.kwargs) {
                     Ok(k) => k,
@@ -424,8 +539,8 @@ fn validate(sources: &[Source], registry: &ProviderRegistry) -> Result<SyncPlan,
         for dag in &doc.dag {
             let d = dag.get_ref();
             let dag_id = d.dag_id.get_ref().trim().to_string();
-            if dag_id.is_empty() {
-                errors.push(source.error(d.dag_id.span(), "dag: `dag_id` must not be empty"));
+            if let Err(e) = names::check(&dag_id) {
+                errors.push(source.error(d.dag_id.span(), format!("dag: `dag_id` {e}")));
                 continue;
             }
             if let Some((file, line)) = dag_at.get(&dag_id) {
@@ -538,6 +653,33 @@ fn validate(sources: &[Source], registry: &ProviderRegistry) -> Result<SyncPlan,
     } else {
         errors.sort_by(|a, b| (&a.file, a.line).cmp(&(&b.file, b.line)));
         Err(DefinitionErrors(errors))
+    }
+}
+
+/// The path of the first string (or key) in `value` holding a NUL, which PostgreSQL cannot
+/// store in JSON.
+fn nul_in_strings(value: &Value) -> Option<String> {
+    match value {
+        Value::String(s) if s.contains('\0') => Some(String::new()),
+        Value::Object(map) => map.iter().find_map(|(k, v)| {
+            if k.contains('\0') {
+                return Some(k.escape_default().to_string());
+            }
+            nul_in_strings(v).map(|rest| join_path(k, &rest))
+        }),
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, v)| nul_in_strings(v).map(|rest| join_path(&i.to_string(), &rest))),
+        _ => None,
+    }
+}
+
+fn join_path(head: &str, rest: &str) -> String {
+    if rest.is_empty() {
+        head.to_string()
+    } else {
+        format!("{head}.{rest}")
     }
 }
 

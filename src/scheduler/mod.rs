@@ -363,6 +363,10 @@ pub async fn pass(
                 info!(%dag_id, "a run for the due slot exists; moved to the next slot");
                 report.slots_advanced += 1;
             }
+            Ok(SlotOutcome::RunIdTaken { run_id, run_type }) => {
+                warn!(%dag_id, %run_id, %run_type, "the due slot's run id is taken by another run; skipped the slot and moved to the next");
+                report.slots_advanced += 1;
+            }
             Ok(
                 SlotOutcome::Skipped | SlotOutcome::AtMaxActiveRuns | SlotOutcome::WaitingForAssets,
             ) => {}

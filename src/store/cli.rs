@@ -211,8 +211,21 @@ impl Store {
     }
 
     /// The newest `limit` events (0 = all), oldest first.
+    /// An asset that does not exist (active or not) is an error, not an empty list: a typo
+    /// must not look like "no events".
     pub async fn list_events(&self, asset: Option<&str>, limit: u64) -> Result<Vec<EventRow>> {
         with_db!(self, pool => {
+            if let Some(name) = asset {
+                let known: Option<i64> = sqlx::query_scalar("SELECT id FROM asset WHERE name = $1")
+                    .bind(name)
+                    .fetch_optional(pool)
+                    .await?;
+                if known.is_none() {
+                    return Err(StoreError::NotFound(format!(
+                        "asset `{name}` not found; `triggerer assets list` shows the assets"
+                    )));
+                }
+            }
             let rows = sqlx::query(
                 "SELECT * FROM (SELECT e.id, a.name, a.uri, e.timestamp, e.extra, e.source, e.dedup_key \
                  FROM asset_event e JOIN asset a ON a.id = e.asset_id \
@@ -308,6 +321,18 @@ impl Store {
             super::Engine::Postgres => "string_agg(event_id::text, ',')",
         };
         with_db!(self, pool => {
+            // A DAG no longer defined still has its runs listed; one never defined is a typo.
+            if let Some(dag_id) = dag_id {
+                let known: Option<String> = sqlx::query_scalar("SELECT dag_id FROM dag WHERE dag_id = $1")
+                    .bind(dag_id)
+                    .fetch_optional(pool)
+                    .await?;
+                if known.is_none() {
+                    return Err(StoreError::NotFound(format!(
+                        "DAG `{dag_id}` not found; `triggerer dags list` shows the DAGs"
+                    )));
+                }
+            }
             let sql = format!(
                 "SELECT * FROM (SELECT r.id, r.dag_id, r.run_id, r.run_type, r.state, r.logical_date, \
                  r.data_interval_start, r.data_interval_end, r.run_after, r.queued_at, r.conf, \

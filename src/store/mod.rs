@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{PgPool, SqlitePool};
+use sqlx::{Connection, PgPool, SqlitePool};
 use thiserror::Error;
 
 mod cli;
@@ -41,30 +41,75 @@ pub enum StoreError {
     Sqlx(#[from] sqlx::Error),
     #[error("migrating the database failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
-    #[error("unsupported database URL `{0}`: use sqlite://PATH or postgres://USER@HOST/DB")]
+    #[error(
+        "unsupported database URL `{0}`: use sqlite://PATH (for example sqlite://triggerer.db) \
+         or postgres://USER@HOST/DB"
+    )]
     UnsupportedUrl(String),
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
+    /// Input the store refuses before writing anything (a reserved run id, say).
+    #[error("{0}")]
+    Invalid(String),
+    #[error(
+        "this sync would remove every asset and DAG now defined ({assets} asset(s), {dags} \
+         DAG(s)) and keep none of them; nothing was changed. If that is what you want, pass \
+         --allow-empty"
+    )]
+    WouldRemoveEverything { assets: usize, dags: usize },
+    #[error(
+        "the database file {path} was {what} while this process had it open; what it wrote \
+         since would be lost, so it stops. Restore the file or point --database-url at the new \
+         one, then start again"
+    )]
+    DatabaseFileGone { path: String, what: &'static str },
 }
 
 impl StoreError {
-    /// A connection-level failure worth retrying (database restarting, network blip), as opposed
-    /// to a statement the database refused.
+    /// A failure of the database or its storage worth retrying (database restarting, network
+    /// blip, disk full, I/O error), as opposed to a statement the database refused. A full
+    /// disk is the database's trouble, not the event's: treating it as a refusal would fail
+    /// every event in turn.
     pub fn is_transient(&self) -> bool {
-        matches!(
-            self,
+        match self {
             StoreError::Sqlx(
                 sqlx::Error::Io(_)
-                    | sqlx::Error::PoolTimedOut
-                    | sqlx::Error::PoolClosed
-                    | sqlx::Error::Tls(_)
-                    | sqlx::Error::Protocol(_)
-                    | sqlx::Error::WorkerCrashed
-            )
-        ) || self.to_string().contains("database is locked")
+                | sqlx::Error::PoolTimedOut
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::Tls(_)
+                | sqlx::Error::Protocol(_)
+                | sqlx::Error::WorkerCrashed,
+            ) => true,
+            StoreError::Sqlx(sqlx::Error::Database(db)) => {
+                db.code().is_some_and(|code| transient_code(&code))
+            }
+            _ => false,
+        }
     }
+}
+
+/// `sqlite::memory:` and `mode=memory` databases have no file to watch.
+fn is_in_memory(url: &str) -> bool {
+    url.contains(":memory:") || url.contains("mode=memory")
+}
+
+/// Whether a database error code (SQLite's extended result code, PostgreSQL's SQLSTATE) names
+/// a passing condition of the server or its storage.
+fn transient_code(code: &str) -> bool {
+    if let Ok(extended) = code.parse::<i32>() {
+        // SQLite primary codes: BUSY, LOCKED, IOERR, FULL, CANTOPEN, PROTOCOL.
+        return matches!(extended & 0xff, 5 | 6 | 10 | 13 | 14 | 15);
+    }
+    // PostgreSQL: connection exceptions, insufficient resources (disk full, out of memory, too
+    // many connections), operator intervention (shutting down, starting up), and the two
+    // conflicts a retry resolves.
+    code.starts_with("08")
+        || code.starts_with("53")
+        || code.starts_with("57P")
+        || code == "40001"
+        || code == "40P01"
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -137,16 +182,43 @@ pub enum Engine {
 #[derive(Debug, Clone)]
 pub struct Store {
     pub(crate) db: Db,
+    /// The SQLite file as it was opened, to notice it deleted or replaced underneath us.
+    sqlite_file: Option<std::sync::Arc<DatabaseFile>>,
+}
+
+/// A SQLite database file by path and by identity (device and inode).
+#[derive(Debug)]
+struct DatabaseFile {
+    path: std::path::PathBuf,
+    identity: Option<(u64, u64)>,
+}
+
+#[cfg(unix)]
+fn file_identity(path: &std::path::Path) -> std::io::Result<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path)?;
+    Ok((meta.dev(), meta.ino()))
+}
+
+#[cfg(not(unix))]
+fn file_identity(path: &std::path::Path) -> std::io::Result<(u64, u64)> {
+    std::fs::metadata(path).map(|_| (0, 0))
 }
 
 impl Store {
     /// Connects to `url` (`sqlite://PATH`, created if missing, or `postgres://…`) and applies
     /// pending migrations.
     pub async fn connect(url: &str) -> Result<Self> {
+        let mut sqlite_file = None;
         let db = if url.starts_with("sqlite:") {
+            let options = SqliteConnectOptions::from_str(url)?;
+            let path = options.get_filename().to_path_buf();
+            if path.as_os_str().is_empty() {
+                return Err(StoreError::UnsupportedUrl(url.to_string()));
+            }
             // WAL lets readers (the CLI) run beside the writer; FULL makes every commit durable
             // before the source is acknowledged, which is the point of committing first.
-            let options = SqliteConnectOptions::from_str(url)?
+            let options = options
                 .create_if_missing(true)
                 .journal_mode(SqliteJournalMode::Wal)
                 .synchronous(SqliteSynchronous::Full)
@@ -154,12 +226,36 @@ impl Store {
                 .foreign_keys(true);
             let pool = SqlitePoolOptions::new()
                 .max_connections(4)
+                // After a failed COMMIT (disk full) SQLite has rolled back by itself, the
+                // driver's own ROLLBACK then fails, and it keeps counting the connection as in a
+                // transaction: back in the pool, every later BEGIN on it failed ("non-zero
+                // transaction depth") even once space returned. Such a connection is closed
+                // instead. The ping waits for the rollback a dropped transaction queued.
+                .after_release(|conn, _| {
+                    Box::pin(async move {
+                        conn.ping().await?;
+                        Ok(!conn.is_in_transaction())
+                    })
+                })
                 .connect_with(options)
                 .await?;
             sqlx::migrate!("migrations/sqlite").run(&pool).await?;
+            if !is_in_memory(url) {
+                sqlite_file = Some(std::sync::Arc::new(DatabaseFile {
+                    identity: file_identity(&path).ok(),
+                    path,
+                }));
+            }
             Db::Sqlite(pool)
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
             let options = PgConnectOptions::from_str(url)?;
+            // One plain connection first: the pool retries a refused connection until its
+            // acquire timeout and then says only "pool timed out", hiding "connection refused"
+            // or "password authentication failed" behind a 10 s wait.
+            sqlx::postgres::PgConnection::connect_with(&options)
+                .await?
+                .close()
+                .await?;
             let pool = PgPoolOptions::new()
                 .max_connections(8)
                 .acquire_timeout(Duration::from_secs(10))
@@ -170,7 +266,26 @@ impl Store {
         } else {
             return Err(StoreError::UnsupportedUrl(url.to_string()));
         };
-        Ok(Self { db })
+        Ok(Self { db, sqlite_file })
+    }
+
+    /// Fails when the SQLite file this store opened is no longer at its path (deleted, moved
+    /// or replaced): SQLite goes on writing to the open, unlinked file, and everything
+    /// committed from then on would be lost when the process exits. PostgreSQL: always fine.
+    pub fn check_database_file(&self) -> Result<()> {
+        let Some(file) = &self.sqlite_file else {
+            return Ok(());
+        };
+        let what = match file_identity(&file.path) {
+            Ok(now) if Some(now) == file.identity => return Ok(()),
+            Ok(_) => "replaced by another file",
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => "deleted",
+            Err(_) => "made unreadable",
+        };
+        Err(StoreError::DatabaseFileGone {
+            path: file.path.display().to_string(),
+            what,
+        })
     }
 
     pub fn engine(&self) -> Engine {

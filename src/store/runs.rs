@@ -282,6 +282,15 @@ impl Store {
     /// Creates a QUEUED manual run. Run ids and logical dates are unique per DAG; a clash is a
     /// [`StoreError::Conflict`] naming which.
     pub async fn create_manual_run(&self, run: &ManualRun) -> Result<String> {
+        if let Some(id) = &run.run_id {
+            crate::names::check_manual_run_id(id)
+                .map_err(|e| {
+                    StoreError::Invalid(format!(
+                        "run id `{}`: {e}",
+                        crate::names::escape_control(id)
+                    ))
+                })?;
+        }
         let now = crate::time::now();
         let run_after = run.logical_date.unwrap_or(now);
         let run_id = run

@@ -59,6 +59,9 @@ pub enum SlotOutcome {
     Created(String),
     /// A run for the slot's logical date existed (manual or backfill): the slot moved on.
     AlreadyExisted,
+    /// Another run (of `run_type`) already has the slot's run id: the slot was skipped and moved
+    /// on, with no run for it.
+    RunIdTaken { run_id: String, run_type: String },
     /// Another scheduler holds the DAG, it was paused, or the slot changed meanwhile.
     Skipped,
     /// `max_active_runs` is reached.
@@ -295,6 +298,21 @@ impl Store {
                         }
                     }
                     let id = run_id("scheduled", slot.run_after);
+                    // Taken by a run made by hand with this id (manual run ids may not use the
+                    // prefix now, but older databases and the API may hold one): inserting would
+                    // fail on every pass and the schedule would never move.
+                    let taken: Option<String> = sqlx::query_scalar(
+                        "SELECT run_type FROM dag_run WHERE dag_id = $1 AND run_id = $2",
+                    )
+                    .bind(dag_id)
+                    .bind(&id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    if let Some(run_type) = taken {
+                        super::store_next_dagrun!(&mut *tx, dag_id, (policy.next_after)(slot.data_interval));
+                        tx.commit().await?;
+                        return Ok(SlotOutcome::RunIdTaken { run_id: id, run_type });
+                    }
                     let dag_run_id: i64 = sqlx::query(
                         "INSERT INTO dag_run (dag_id, run_id, run_type, state, logical_date, data_interval_start, \
                          data_interval_end, run_after, conf, queued_at, creating_job_id) \

@@ -9,13 +9,20 @@ use serde_json::Value;
 use sqlx::types::Json;
 use sqlx::Row;
 
-use super::{push_in_list, with_db, Result, Store, CHUNK};
+use super::{push_in_list, with_db, Result, Store, StoreError, CHUNK};
+
+/// The PostgreSQL advisory lock key that serialises syncs (`triggerer` in ASCII, as a number).
+const SYNC_LOCK_KEY: i64 = 0x7472_6967_6765_7265;
 
 /// Everything one `dags sync` declares, already validated.
 #[derive(Debug, Clone, Default)]
 pub struct SyncPlan {
     pub assets: Vec<AssetPlan>,
     pub dags: Vec<DagPlan>,
+    /// Whether the plan may leave none of the assets and DAGs active now (the caller's
+    /// `--allow-empty`); otherwise applying such a plan fails with
+    /// [`StoreError::WouldRemoveEverything`] and writes nothing.
+    pub allow_removing_everything: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -66,6 +73,21 @@ pub struct SyncReport {
     pub dags_deactivated: usize,
 }
 
+impl std::fmt::Display for SyncReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} asset(s), {} DAG(s); triggers +{} -{}; deactivated {} asset(s), {} DAG(s)",
+            self.assets,
+            self.dags,
+            self.triggers_added,
+            self.triggers_removed,
+            self.assets_deactivated,
+            self.dags_deactivated
+        )
+    }
+}
+
 impl Store {
     /// Applies `plan` atomically: on any error nothing is written.
     pub async fn apply_definitions(&self, plan: &SyncPlan) -> Result<SyncReport> {
@@ -81,6 +103,39 @@ impl Store {
         };
         with_db!(self, pool => {
             let mut tx = pool.begin_with(self.begin_write()).await?;
+            // One sync at a time, so the last to commit defines what is active. SQLite's
+            // IMMEDIATE transaction already serialises writers; PostgreSQL's READ COMMITTED
+            // would let two syncs each keep what the other removed.
+            if self.engine() == super::Engine::Postgres {
+                sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                    .bind(SYNC_LOCK_KEY)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            if !plan.allow_removing_everything {
+                let active_assets: Vec<String> =
+                    sqlx::query_scalar("SELECT name FROM asset WHERE is_active = TRUE")
+                        .fetch_all(&mut *tx)
+                        .await?;
+                let live_dags: Vec<String> =
+                    sqlx::query_scalar("SELECT dag_id FROM dag WHERE is_stale = FALSE")
+                        .fetch_all(&mut *tx)
+                        .await?;
+                let declared_assets: HashSet<&str> =
+                    plan.assets.iter().map(|a| a.name.as_str()).collect();
+                let declared_dags: HashSet<&str> =
+                    plan.dags.iter().map(|d| d.dag_id.as_str()).collect();
+                let keeps_something = active_assets
+                    .iter()
+                    .any(|a| declared_assets.contains(a.as_str()))
+                    || live_dags.iter().any(|d| declared_dags.contains(d.as_str()));
+                if !keeps_something && !(active_assets.is_empty() && live_dags.is_empty()) {
+                    return Err(StoreError::WouldRemoveEverything {
+                        assets: active_assets.len(),
+                        dags: live_dags.len(),
+                    });
+                }
+            }
 
             // Assets: upsert the declared ones, deactivate the others.
             let mut asset_ids: HashMap<&str, i64> = HashMap::new();
@@ -241,6 +296,8 @@ impl Store {
 
             // Asset references: exactly what each live DAG's expression names. A reference that
             // goes away takes its queued rows with it (Airflow deletes such stale queue rows).
+            // A DAG the files no longer define keeps both: deactivating is not forgetting, and
+            // when it is defined again its queued events still give it its run.
             let mut desired_refs: HashSet<(i64, &str)> = HashSet::new();
             for dag in &plan.dags {
                 for name in &dag.assets {
@@ -256,7 +313,9 @@ impl Store {
             let mut existing_set = HashSet::new();
             for (asset_id, dag_id) in &existing_refs {
                 existing_set.insert((*asset_id, dag_id.as_str()));
-                if !desired_refs.contains(&(*asset_id, dag_id.as_str())) {
+                if declared.contains(dag_id.as_str())
+                    && !desired_refs.contains(&(*asset_id, dag_id.as_str()))
+                {
                     sqlx::query("DELETE FROM dag_schedule_asset_reference WHERE asset_id = $1 AND dag_id = $2")
                         .bind(asset_id)
                         .bind(dag_id)

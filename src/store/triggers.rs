@@ -190,4 +190,18 @@ impl Store {
             Ok(())
         })
     }
+
+    /// Shows a warning as the trigger's `last_error` (`warning: …`) without counting a failure
+    /// or touching `last_error_at`, so the trigger does not show as failing.
+    pub async fn record_trigger_warning(&self, trigger_id: i64, warning: &str) -> Result<()> {
+        let text = format!("warning: {warning}");
+        with_db!(self, pool => {
+            sqlx::query("UPDATE trigger SET last_error = $1 WHERE id = $2")
+                .bind(&text)
+                .bind(trigger_id)
+                .execute(pool)
+                .await?;
+            Ok(())
+        })
+    }
 }

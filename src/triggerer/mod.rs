@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 use tokio::time::{Instant, MissedTickBehavior};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 use triggerer_sdk::CancellationToken;
 
 use crate::registry::ProviderRegistry;
@@ -65,6 +65,7 @@ pub async fn run(
 
     let (events, writer) =
         writer::spawn(store.clone(), job_id, options.channel_capacity, committed);
+    let mut reported_failing = false;
     let mut supervisor = Supervisor::new(registry, store.clone(), events);
     let mut ticker = tokio::time::interval(options.loop_interval);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -75,9 +76,30 @@ pub async fn run(
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
-            Some(finished) = supervisor.next_finished() => supervisor.on_finished(finished).await,
+            report = supervisor.next_report() => supervisor.on_report(report).await,
             _ = ticker.tick() => {
-                if last_heartbeat.is_none_or(|t| t.elapsed() >= options.heartbeat_interval) {
+                // A triggerer whose events cannot commit is not alive in any way that matters:
+                // without a heartbeat its triggers go to a triggerer that can write (or, alone,
+                // are stopped), instead of looking `running` while nothing is recorded.
+                let failing = writer.health.failing();
+                match &failing {
+                    Some(f) if !reported_failing => {
+                        error!(
+                            since = ?f.since.elapsed(),
+                            error = %f.error,
+                            "events cannot be committed; heartbeat paused until the database takes writes again"
+                        );
+                        reported_failing = true;
+                    }
+                    None if reported_failing => {
+                        info!("events commit again; heartbeat resumed");
+                        reported_failing = false;
+                    }
+                    _ => {}
+                }
+                if failing.is_none()
+                    && last_heartbeat.is_none_or(|t| t.elapsed() >= options.heartbeat_interval)
+                {
                     match store.heartbeat(job_id).await {
                         Ok(()) => last_heartbeat_ok = Instant::now(),
                         Err(e) => warn!(error = %e, "heartbeat failed"),
@@ -105,9 +127,22 @@ pub async fn run(
 
     info!("triggerer stopping");
     supervisor.shutdown(options.shutdown_grace).await;
-    // Dropping the supervisor drops the last event sender: the writer drains and exits.
+    // Dropping the supervisor drops the last event sender: the writer drains and exits. One
+    // still failing after the grace gives up: its events were never acknowledged.
     drop(supervisor);
-    if let Err(e) = writer.await {
+    let writer::Writer {
+        handle: mut writer_task,
+        give_up,
+        ..
+    } = writer;
+    let ended = match tokio::time::timeout(options.shutdown_grace, &mut writer_task).await {
+        Ok(ended) => ended,
+        Err(_) => {
+            give_up.cancel();
+            writer_task.await
+        }
+    };
+    if let Err(e) = ended {
         warn!(error = %e, "event writer ended abnormally");
     }
     store.end_job(job_id).await?;

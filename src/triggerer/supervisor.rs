@@ -13,6 +13,7 @@ use tokio::time::Instant;
 use tracing::{error, info, warn};
 use triggerer_sdk::{
     CancellationToken, EmitError, Envelope, EventSink, NotCommitted, TriggerContext, TriggerError,
+    Warning, WarningSink,
 };
 
 use crate::registry::ProviderRegistry;
@@ -32,6 +33,13 @@ pub struct Finished {
     outcome: Result<Result<(), TriggerError>, tokio::task::JoinError>,
 }
 
+/// What a trigger task reports to the supervisor.
+#[derive(Debug)]
+pub enum Report {
+    Finished(Finished),
+    Warning(Warning),
+}
+
 struct Running {
     generation: u64,
     cancel: CancellationToken,
@@ -39,6 +47,8 @@ struct Running {
     /// Aborts the trigger itself (the handle above is its reporting wrapper).
     abort: tokio::task::AbortHandle,
     started: Instant,
+    /// Takes this start's secrets out of its errors and warnings.
+    scrubber: secrets::Scrubber,
 }
 
 struct Backoff {
@@ -59,11 +69,15 @@ pub struct Supervisor {
     finished_tx: mpsc::UnboundedSender<Finished>,
     /// Each trigger task reports its end here; [`Supervisor::next_finished`] reads it.
     finished_rx: mpsc::UnboundedReceiver<Finished>,
+    warnings_tx: mpsc::UnboundedSender<Warning>,
+    /// What running triggers skipped; [`Supervisor::next_warning`] reads it.
+    warnings_rx: mpsc::UnboundedReceiver<Warning>,
 }
 
 impl Supervisor {
     pub fn new(registry: ProviderRegistry, store: Store, events: mpsc::Sender<Envelope>) -> Self {
         let (finished_tx, finished_rx) = mpsc::unbounded_channel();
+        let (warnings_tx, warnings_rx) = mpsc::unbounded_channel();
         Self {
             registry,
             store,
@@ -74,6 +88,8 @@ impl Supervisor {
             generation: 0,
             finished_tx,
             finished_rx,
+            warnings_tx,
+            warnings_rx,
         }
     }
 
@@ -143,9 +159,15 @@ impl Supervisor {
     }
 
     async fn start(&mut self, trigger: &AssignedTrigger, checkpoint: HashMap<String, String>) {
+        // Secrets live only here: resolved per start, never stored or logged. Whatever text
+        // comes back from this start passes the scrubber first, since libraries echo settings.
+        let resolved = secrets::resolve_from_env(&trigger.kwargs);
+        let scrubber = match &resolved {
+            Ok(kwargs) => secrets::Scrubber::new(&trigger.kwargs, kwargs),
+            Err(_) => secrets::Scrubber::new(&trigger.kwargs, &trigger.kwargs),
+        };
         let built = match self.registry.resolve(&trigger.classpath) {
-            // Secrets live only here: resolved per start, never stored or logged.
-            Some((_, provider)) => secrets::resolve_from_env(&trigger.kwargs)
+            Some((_, provider)) => resolved
                 .map_err(|e| format!("cannot build trigger: {e}"))
                 .and_then(|kwargs| {
                     provider
@@ -161,7 +183,7 @@ impl Supervisor {
         let event_trigger = match built {
             Ok(t) => t,
             Err(message) => {
-                self.failed(trigger.id, message, None).await;
+                self.failed(trigger.id, &scrubber, &message, None).await;
                 return;
             }
         };
@@ -171,6 +193,7 @@ impl Supervisor {
         let ctx = TriggerContext {
             trigger_id: trigger.id,
             sink: EventSink::new(trigger.id, self.events.clone()),
+            warnings: WarningSink::new(trigger.id, self.warnings_tx.clone()),
             checkpoint,
             cancel: cancel.clone(),
         };
@@ -196,17 +219,45 @@ impl Supervisor {
                 handle,
                 abort,
                 started: Instant::now(),
+                scrubber,
             },
         );
     }
 
-    /// Waits for the next trigger task to end.
-    pub async fn next_finished(&mut self) -> Option<Finished> {
-        self.finished_rx.recv().await
+    /// Waits for the next thing a trigger task reports: its end, or a warning.
+    pub async fn next_report(&mut self) -> Report {
+        tokio::select! {
+            Some(finished) = self.finished_rx.recv() => Report::Finished(finished),
+            Some(warning) = self.warnings_rx.recv() => Report::Warning(warning),
+        }
+    }
+
+    /// Handles what [`Supervisor::next_report`] returned.
+    pub async fn on_report(&mut self, report: Report) {
+        match report {
+            Report::Finished(finished) => self.on_finished(finished).await,
+            Report::Warning(warning) => self.on_warning(warning).await,
+        }
+    }
+
+    /// Logs a warning and shows it in `triggers list`, unless the trigger is no longer ours.
+    async fn on_warning(&mut self, warning: Warning) {
+        let Some(run) = self.running.get(&warning.trigger_id) else {
+            return;
+        };
+        let message = run.scrubber.scrub(&warning.message);
+        warn!(trigger_id = warning.trigger_id, warning = %message, "trigger warning");
+        if let Err(e) = self
+            .store
+            .record_trigger_warning(warning.trigger_id, &message)
+            .await
+        {
+            warn!(trigger_id = warning.trigger_id, error = %e, "cannot record the trigger warning");
+        }
     }
 
     /// Handles a trigger task's end: anything but a cancellation we asked for is a failure.
-    pub async fn on_finished(&mut self, finished: Finished) {
+    async fn on_finished(&mut self, finished: Finished) {
         let Some(run) = self.running.get(&finished.trigger_id) else {
             return; // cancelled by us; nothing to restart
         };
@@ -214,6 +265,7 @@ impl Supervisor {
             return; // a previous incarnation
         }
         let ran_for = run.started.elapsed();
+        let scrubber = run.scrubber.clone();
         self.running.remove(&finished.trigger_id);
         let message = match finished.outcome {
             // Removed or reassigned between two loops: not a failure. The next reconcile
@@ -243,11 +295,20 @@ impl Supervisor {
             }
             Err(join) => format!("trigger task ended: {join}"),
         };
-        self.failed(finished.trigger_id, message, Some(ran_for))
+        self.failed(finished.trigger_id, &scrubber, &message, Some(ran_for))
             .await;
     }
 
-    async fn failed(&mut self, trigger_id: i64, message: String, ran_for: Option<Duration>) {
+    /// Every failure is recorded and logged here, and only after `scrubber` took its secrets
+    /// out: error text is where libraries echo the settings they refused.
+    async fn failed(
+        &mut self,
+        trigger_id: i64,
+        scrubber: &secrets::Scrubber,
+        message: &str,
+        ran_for: Option<Duration>,
+    ) {
+        let message = scrubber.scrub(message);
         let healthy = ran_for.is_some_and(|d| d >= HEALTHY_RUN);
         let failures = match self.backoff.get(&trigger_id) {
             Some(b) if !healthy => b.failures + 1,

@@ -21,6 +21,7 @@ mod error;
 mod event;
 mod provider;
 mod sink;
+mod warning;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 
@@ -28,6 +29,7 @@ pub use error::{EmitError, KwargsError, NotCommitted, TriggerError};
 pub use event::{Checkpoint, Committed, Event};
 pub use provider::{EventTrigger, Provider, TriggerContext};
 pub use sink::{Delivery, Envelope, EventSink};
+pub use warning::{Warning, WarningSink};
 
 /// Re-exported so providers and the core agree on one cancellation type.
 pub use tokio_util::sync::CancellationToken;

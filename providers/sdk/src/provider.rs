@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use crate::{EventSink, KwargsError, TriggerError};
+use crate::{EventSink, KwargsError, TriggerError, WarningSink};
 
 /// A factory for triggers of one kind. Held by the core's registry for the whole process, so it
 /// is also the place for state shared by all its triggers (one OS file watcher, one Kafka
@@ -58,6 +58,8 @@ pub trait EventTrigger: Send + 'static {
 pub struct TriggerContext {
     pub trigger_id: i64,
     pub sink: EventSink,
+    /// Where to report what the trigger skipped while it goes on (see [`WarningSink`]).
+    pub warnings: WarningSink,
     /// The trigger's committed checkpoint pairs, as of this start.
     pub checkpoint: HashMap<String, String>,
     /// Fires when the trigger is unassigned, removed, or the process shuts down.

@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     Committed, Envelope, Event, EventSink, EventTrigger, NotCommitted, TriggerContext, TriggerError,
+    Warning, WarningSink,
 };
 
 /// A trigger running under test.
@@ -21,6 +22,7 @@ pub struct TestRun {
     pub committed: Vec<Event>,
     /// The checkpoint as the core would have stored it (committed events only).
     pub checkpoint: HashMap<String, String>,
+    warnings: mpsc::UnboundedReceiver<Warning>,
 }
 
 impl TestRun {
@@ -32,10 +34,12 @@ impl TestRun {
         capacity: usize,
     ) -> Self {
         let (tx, rx) = mpsc::channel(capacity);
+        let (warnings_tx, warnings) = mpsc::unbounded_channel();
         let cancel = CancellationToken::new();
         let ctx = TriggerContext {
             trigger_id: 1,
             sink: EventSink::new(1, tx),
+            warnings: WarningSink::new(1, warnings_tx),
             checkpoint: checkpoint.clone(),
             cancel: cancel.clone(),
         };
@@ -46,7 +50,17 @@ impl TestRun {
             handle,
             committed: Vec::new(),
             checkpoint,
+            warnings,
         }
+    }
+
+    /// The warnings the trigger reported so far, oldest first.
+    pub fn warnings(&mut self) -> Vec<String> {
+        let mut out = Vec::new();
+        while let Ok(w) = self.warnings.try_recv() {
+            out.push(w.message);
+        }
+        out
     }
 
     /// Waits up to `timeout` for the next event and commits it. `None` if none came.

@@ -1,0 +1,122 @@
+//! What a name may be. Asset names, DAG ids, watcher names, run ids and dedup keys are shown in
+//! terminals and logs and compared as keys: they must be non-empty and hold no control
+//! characters (a NUL that PostgreSQL refuses, a newline that forges a log line, an ANSI escape
+//! that rewrites the screen). Run ids made by the scheduler carry a reserved prefix that manual
+//! runs may not take. Also the one escape for printing text that did not pass through here.
+//! This module only judges and escapes; callers say where the name came from.
+
+use std::fmt;
+
+/// Run-id prefixes the scheduler gives the runs it makes (Airflow's `DagRunType` values).
+pub const RESERVED_RUN_ID_PREFIXES: [&str; 3] = ["scheduled__", "backfill__", "asset_triggered__"];
+
+/// Why a name was refused; the caller adds which field it was.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NameError {
+    Empty,
+    ControlCharacter { at: usize, character: char },
+    ReservedPrefix(&'static str),
+}
+
+impl fmt::Display for NameError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NameError::Empty => write!(f, "must not be empty"),
+            NameError::ControlCharacter { at, character } => write!(
+                f,
+                "must not contain control characters (found {} at character {})",
+                character.escape_default(),
+                at + 1
+            ),
+            NameError::ReservedPrefix(prefix) => write!(
+                f,
+                "must not start with `{prefix}`: the scheduler gives that prefix to the runs it \
+                 creates"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for NameError {}
+
+/// Checks a name: not empty (after trimming), no control character anywhere.
+pub fn check(name: &str) -> Result<(), NameError> {
+    if name.trim().is_empty() {
+        return Err(NameError::Empty);
+    }
+    match name.chars().enumerate().find(|(_, c)| c.is_control()) {
+        Some((at, character)) => Err(NameError::ControlCharacter { at, character }),
+        None => Ok(()),
+    }
+}
+
+/// Checks the run id of a run asked for by hand: a name, without a scheduler prefix.
+pub fn check_manual_run_id(run_id: &str) -> Result<(), NameError> {
+    check(run_id)?;
+    match RESERVED_RUN_ID_PREFIXES
+        .iter()
+        .find(|prefix| run_id.starts_with(**prefix))
+    {
+        Some(prefix) => Err(NameError::ReservedPrefix(prefix)),
+        None => Ok(()),
+    }
+}
+
+/// `text` with every control character written as an escape (`\n`, `\u{1b}`), for a terminal:
+/// what the database holds may predate these checks or come from a source's payload.
+pub fn escape_control(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_refuse_empty_and_control_characters() {
+        assert_eq!(check("orders"), Ok(()));
+        assert_eq!(check("ünïcode names ok"), Ok(()));
+        assert_eq!(check(""), Err(NameError::Empty));
+        assert_eq!(check("  "), Err(NameError::Empty));
+        for bad in ["a\0b", "a\nb", "a\tb", "a\u{1b}[31mred", "\u{7f}", "a\u{85}"] {
+            assert!(
+                matches!(check(bad), Err(NameError::ControlCharacter { .. })),
+                "{bad:?}"
+            );
+        }
+        let err = check("ab\u{1b}").unwrap_err().to_string();
+        assert!(err.contains("\\u{1b} at character 3"), "{err}");
+    }
+
+    #[test]
+    fn manual_run_ids_may_not_take_a_scheduler_prefix() {
+        assert_eq!(check_manual_run_id("manual__2024"), Ok(()));
+        assert_eq!(check_manual_run_id("my-run"), Ok(()));
+        for prefix in RESERVED_RUN_ID_PREFIXES {
+            let id = format!("{prefix}2024-01-01T00:00:00+00:00");
+            assert_eq!(
+                check_manual_run_id(&id),
+                Err(NameError::ReservedPrefix(prefix))
+            );
+        }
+        assert_eq!(check_manual_run_id(""), Err(NameError::Empty));
+    }
+
+    #[test]
+    fn escaping_makes_control_characters_visible() {
+        assert_eq!(escape_control("plain"), "plain");
+        assert_eq!(escape_control("a\nb\u{1b}[2J"), "a\\nb\\u{1b}[2J");
+        assert_eq!(escape_control("tab\there"), "tab\\there");
+    }
+}
