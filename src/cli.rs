@@ -901,6 +901,33 @@ mod tests {
     }
 
     #[test]
+    fn table_cells_escape_control_characters() {
+        assert_eq!(cell(&serde_json::json!("a\u{1b}[2Jb\nc")), "a\\u{1b}[2Jb\\nc");
+        assert_eq!(cell(&serde_json::json!(["x\ty", "z"])), "x\\ty,z");
+        assert_eq!(cell(&serde_json::json!("plain")), "plain");
+    }
+
+    #[test]
+    fn exit_messages_print_each_cause_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "Connection refused");
+        let error = anyhow::Error::new(io)
+            .context("error communicating with database: Connection refused")
+            .context("cannot open database postgres://h/db");
+        assert_eq!(
+            exit_message(&error),
+            "error: cannot open database postgres://h/db: error communicating with database: Connection refused"
+        );
+    }
+
+    #[test]
+    fn integers_beyond_64_bits_are_found() {
+        assert_eq!(inexact_integer(r#"{"a": 123456789012345678901234}"#), Some("123456789012345678901234"));
+        assert_eq!(inexact_integer(r#"{"a": -9223372036854775808, "b": 18446744073709551615}"#), None);
+        assert_eq!(inexact_integer(r#"{"a": "123456789012345678901234", "b": 1e400, "c": 1.25}"#), None);
+        assert_eq!(inexact_integer(r#"{"a\"": 1, "b": [99999999999999999999]}"#), Some("99999999999999999999"));
+    }
+
+    #[test]
     fn json_flags_must_be_objects() {
         assert!(parse_json_object("--conf", Some("[1]")).is_err());
         assert!(parse_json_object("--conf", Some("{bad"))

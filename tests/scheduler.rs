@@ -543,3 +543,67 @@ store_test!(
         );
     }
 );
+
+/// A run made by hand with the id the scheduler will give the next slot (as older versions,
+/// which did not check manual run ids, accepted): the scheduler skips that slot and moves on
+/// instead of failing on it every pass. `insert` writes that run behind the store's back.
+async fn a_taken_slot_run_id_is_skipped<F, Fut>(store: Store, insert: F)
+where
+    F: FnOnce(String, DateTime<Utc>) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    sync_at(
+        &store,
+        "[[dag]]\ndag_id = \"h\"\nschedule = \"@hourly\"\nstart_date = 2025-01-01T00:00:00Z\n",
+        "2025-01-02T00:30:00Z",
+    )
+    .await;
+    let dag = &store.list_dags().await.unwrap()[0];
+    let slot_after = dag.next_dagrun_create_after.expect("a next slot");
+    insert(triggerer::timetable::run_id("scheduled", slot_after), slot_after).await;
+    let report = pass(&store, "2025-01-02T02:30:00Z").await;
+    assert_eq!(report.slots_advanced, 1, "{report:?}");
+    let dag = &store.list_dags().await.unwrap()[0];
+    assert!(
+        dag.next_dagrun_create_after.expect("next slot") > slot_after,
+        "the schedule moved past the taken slot"
+    );
+    // The next pass creates the following slot's run as usual.
+    let report = pass(&store, "2025-01-02T02:30:00Z").await;
+    assert_eq!(report.scheduled_created, 1, "{report:?}");
+}
+
+const BLOCKING_RUN: &str = "INSERT INTO dag_run (dag_id, run_id, run_type, state, run_after, conf, queued_at) \
+     VALUES ('h', $1, 'manual', 'queued', $2, '{}', $2)";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_taken_slot_run_id_is_skipped_sqlite() {
+    let (store, dir) = common::sqlite_store().await;
+    let url = format!("sqlite://{}", dir.path().join("test.db").display());
+    a_taken_slot_run_id_is_skipped(store, |run_id, at| async move {
+        let raw = sqlx::SqlitePool::connect(&url).await.unwrap();
+        sqlx::query(BLOCKING_RUN)
+            .bind(run_id)
+            .bind(at)
+            .execute(&raw)
+            .await
+            .expect("insert the blocking run");
+    })
+    .await;
+}
+
+#[cfg(feature = "integration")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_taken_slot_run_id_is_skipped_postgres() {
+    let (store, url) = common::postgres_store().await;
+    a_taken_slot_run_id_is_skipped(store, |run_id, at| async move {
+        let raw = sqlx::PgPool::connect(&url).await.unwrap();
+        sqlx::query(BLOCKING_RUN)
+            .bind(run_id)
+            .bind(at)
+            .execute(&raw)
+            .await
+            .expect("insert the blocking run");
+    })
+    .await;
+}

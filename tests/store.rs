@@ -483,3 +483,89 @@ store_test!(a_failed_sync_writes_nothing, |store| {
     let names: BTreeSet<String> = after.1.into_iter().map(|a| a.name).collect();
     assert!(!names.contains("x"));
 });
+
+store_test!(a_dag_removed_and_defined_again_keeps_its_queued_events, |store| {
+    let with_dag = "[[asset]]\nname = \"a\"\n[[dag]]\ndag_id = \"d\"\nschedule = { assets = \"a\" }\n";
+    sync(&store, with_dag).await;
+    emit(&store, "a", "e1").await;
+    // The DAG goes (its file half-written, say) while the asset stays.
+    sync(&store, "[[asset]]\nname = \"a\"\n").await;
+    assert_eq!(runs_created(&store).await, 0, "a removed DAG gets no run");
+    sync(&store, with_dag).await;
+    assert_eq!(
+        runs_created(&store).await,
+        1,
+        "defined again, its queued event gives it its run"
+    );
+    let runs = store.list_runs(Some("d"), None, 0).await.unwrap();
+    let events = store.list_events(Some("a"), 0).await.unwrap();
+    assert_eq!(runs[0].consumed_events, event_ids_of(&events, &["e1"]));
+});
+
+store_test!(concurrent_syncs_leave_exactly_one_plan_active, |store| {
+    let plan_of = |only: &str| {
+        definitions::load_str(
+            "defs.toml",
+            &format!("[[asset]]\nname = \"common\"\n[[asset]]\nname = \"{only}\"\n"),
+            &builtin_providers(),
+        )
+        .expect("valid")
+    };
+    let (x, y) = (plan_of("x"), plan_of("y"));
+    for round in 0..20 {
+        let (a, b) = (store.clone(), store.clone());
+        let (px, py) = (x.clone(), y.clone());
+        let (rx, ry) = tokio::join!(
+            tokio::spawn(async move { a.apply_definitions(&px).await }),
+            tokio::spawn(async move { b.apply_definitions(&py).await })
+        );
+        rx.unwrap().expect("sync x");
+        ry.unwrap().expect("sync y");
+        let active: BTreeSet<String> = store
+            .list_assets()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|a| a.name)
+            .collect();
+        let either = [
+            BTreeSet::from(["common".to_string(), "x".to_string()]),
+            BTreeSet::from(["common".to_string(), "y".to_string()]),
+        ];
+        assert!(
+            either.contains(&active),
+            "round {round}: active assets {active:?} are no sync's plan"
+        );
+    }
+});
+
+store_test!(manual_run_ids_are_checked, |store| {
+    sync(&store, "[[dag]]\ndag_id = \"m\"\n").await;
+    for bad in [
+        "scheduled__2025-01-01T00:00:00+00:00",
+        "backfill__x",
+        "asset_triggered__y",
+        "",
+        "a\nb",
+    ] {
+        let run = ManualRun {
+            dag_id: "m".into(),
+            run_id: Some(bad.into()),
+            conf: json!({}),
+            logical_date: None,
+            data_interval: None,
+        };
+        let err = store.create_manual_run(&run).await.unwrap_err();
+        assert!(matches!(err, StoreError::Invalid(_)), "{bad:?}: {err}");
+    }
+    assert!(store.list_runs(Some("m"), None, 0).await.unwrap().is_empty());
+});
+
+store_test!(listing_an_unknown_asset_or_dag_is_an_error, |store| {
+    sync(&store, SHARED).await;
+    let err = store.list_events(Some("nosuch"), 0).await.unwrap_err();
+    assert!(err.to_string().contains("asset `nosuch` not found"), "{err}");
+    let err = store.list_runs(Some("nosuch"), None, 0).await.unwrap_err();
+    assert!(err.to_string().contains("DAG `nosuch` not found"), "{err}");
+    assert!(store.list_events(Some("a"), 0).await.unwrap().is_empty());
+});

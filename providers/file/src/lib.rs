@@ -19,13 +19,22 @@
 //!
 //! Delivery guarantee: a file's identity is its inode, its mtime in nanoseconds and, where the
 //! filesystem keeps one, its birth time (so a new file that got a deleted file's inode number is
-//! still new); the dedup key is `file:{absolute path}:{inode}:{mtime_ns}[:{birth_ns}]` and the
-//! checkpoint maps the absolute path to `{inode}:{mtime_ns}[:{birth_ns}]`, committed with the
-//! event. The payload is
-//! `{"path", "size", "mtime" (RFC 3339, UTC), "event": "created" | "modified" | "existing"}`.
+//! still new); the dedup key is `file:{path key}:{inode}:{mtime_ns}[:{birth_ns}]` and the
+//! checkpoint maps the path key to `{inode}:{mtime_ns}[:{birth_ns}]`, committed with the event.
+//! The path key is the absolute path, or for a path that is not valid UTF-8 `base64:` and the
+//! standard base64 of its bytes (absolute paths start with `/`, so the two cannot collide).
+//! The payload is
+//! `{"path", "size", "mtime" (RFC 3339, UTC), "event": "created" | "modified" | "existing"}`,
+//! plus `"path_bytes_b64"` (standard base64 of the path's raw bytes) only when the path is not
+//! valid UTF-8: `path` then shows the invalid bytes as U+FFFD and is not a usable path.
 //! A file is emitted once it is complete: on close-after-write, on a rename into the tree, or
-//! (hard links, tools that never close a written descriptor) once it has stayed unchanged for
-//! 500 ms. A file counts as new when a create or rename was seen for it in this run (inodes get
+//! once two looks one settle period apart see the same size and mtime (both: an mtime can stand
+//! still, or look old, while a file grows on a filesystem with coarse timestamps, attribute
+//! caching or another clock). The settle period is 500 ms; for a file found by a scan (at
+//! start, by a `poke_interval` rescan, after lost events), which cannot see a close, it is
+//! `poke_interval` when that is longer, as network filesystems may answer two quick looks from
+//! their attribute cache. A writer pausing longer than that is indistinguishable from a finished
+//! one. A file counts as new when a create or rename was seen for it in this run (inodes get
 //! reused), or when its path is absent from the checkpoint or has another inode; a new mtime
 //! alone is a modification, emitted only with `include_modified`. At start, the trigger
 //! subscribes, then scans, and emits (as `"existing"`) every matching file its committed
@@ -33,7 +42,11 @@
 //! When events may have been lost (queue overflow, inotify overflow, watcher errors), it rescans.
 //! Deliveries are pipelined; a refused one makes the trigger fail so that the supervisor restarts
 //! it from its committed checkpoint. A missing, unreadable or deleted watch directory is an error
-//! naming the path (the supervisor retries with backoff).
+//! naming the path (the supervisor retries with backoff). A subdirectory that cannot be listed
+//! or watched (permissions, say) is skipped with a warning (`TriggerContext::warnings`) naming
+//! it and the OS error, once per run (again only if it was readable in between); the rest of the
+//! tree is watched and emits. Files under a skipped directory are not seen, except by scans if
+//! it becomes readable later.
 //!
 //! What it must not do: open, move or delete the files it reports (it only stats them and lists
 //! directories), block notify's thread (its callback only routes, with `try_send`), emit a file

@@ -782,3 +782,304 @@ async fn periodic_rescan_emits_nothing_twice() {
     assert_quiet(&mut run).await;
     run.stop().await.expect("clean stop");
 }
+
+// ---------------------------------------------------------------- completeness
+
+/// A writer appending to one open descriptor over about 1.2 s.
+struct SlowWriter {
+    started: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Set after the last byte is written, just before the descriptor is closed: an event seen
+    /// while it is still false was emitted for an incomplete file.
+    done: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    handle: std::thread::JoinHandle<u64>,
+}
+
+const SLOW_CHUNKS: usize = 12;
+const SLOW_CHUNK: usize = 64 * 1024;
+
+impl SlowWriter {
+    /// Writes `path` (appending to it when `append`) and pins its mtime to `mtime` after every
+    /// chunk: what a filesystem with coarse timestamps, or a file server whose clock is behind
+    /// ours (NFS, where `poke_interval` is used), shows of a growing file. The size grows while
+    /// the mtime stands still and looks old, so neither a stable mtime nor an old one may be
+    /// taken to mean that the file is complete.
+    fn start(path: PathBuf, mtime: SystemTime, append: bool) -> Self {
+        use std::io::Write;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::Arc;
+        let started = Arc::new(AtomicBool::new(false));
+        let done = Arc::new(AtomicBool::new(false));
+        let (started_w, done_w) = (started.clone(), done.clone());
+        let handle = std::thread::spawn(move || {
+            let mut file = fs::OpenOptions::new()
+                .create(true)
+                .write(true)
+                .append(append)
+                .truncate(!append)
+                .open(&path)
+                .expect("open for writing");
+            for i in 0..SLOW_CHUNKS {
+                if i > 0 {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                file.write_all(&[b'x'; SLOW_CHUNK]).expect("write chunk");
+                file.set_modified(mtime).expect("pin mtime");
+                started_w.store(true, Ordering::SeqCst);
+            }
+            done_w.store(true, Ordering::SeqCst);
+            let size = file.metadata().expect("stat").len();
+            drop(file);
+            size
+        });
+        Self {
+            started,
+            done,
+            handle,
+        }
+    }
+
+    fn wait_started(&self) {
+        while !self.started.load(std::sync::atomic::Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Takes the next event, checks that it came after the writer was done and describes the
+    /// whole file, and returns it.
+    async fn expect_event(self, run: &mut TestRun, path: &Path) -> Event {
+        let event = run
+            .commit_next(WAIT)
+            .await
+            .unwrap_or_else(|| panic!("no event for {}", path.display()));
+        let done = self.done.load(std::sync::atomic::Ordering::SeqCst);
+        let size = self.handle.join().expect("writer thread");
+        assert!(
+            done,
+            "event before the writer was done (file of {size} bytes): {}",
+            event.payload
+        );
+        assert_eq!(path_of(&event), s(path), "{}", event.payload);
+        assert_eq!(event.payload["size"], json!(size), "{}", event.payload);
+        event
+    }
+}
+
+/// With `extra` kwargs: a file growing when the trigger starts, one appearing while it watches
+/// and (with `include_modified`) that file appended to again each give exactly one event, once
+/// complete.
+async fn a_growing_file_gets_one_event_once_complete(extra: Value) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let provider = FileProvider::new();
+    let mut kwargs = json!({"filepath": s(dir.path())});
+    for (key, value) in extra.as_object().expect("kwargs object") {
+        kwargs[key] = value.clone();
+    }
+    let include_modified = kwargs["include_modified"] == json!(true);
+    let an_hour_ago = SystemTime::now() - Duration::from_secs(3600);
+
+    let at_start = dir.path().join("growing-at-start.bin");
+    let writer = SlowWriter::start(at_start.clone(), an_hour_ago, false);
+    writer.wait_started();
+    let mut run = start(&provider, kwargs);
+    writer.expect_event(&mut run, &at_start).await;
+    let probe = ready(&mut run, &dir.path().join("probe")).await;
+    assert_eq!(paths(&probe), vec![s(&dir.path().join("probe"))]);
+
+    let path = dir.path().join("slow.bin");
+    let writer = SlowWriter::start(path.clone(), an_hour_ago, false);
+    let created = writer.expect_event(&mut run, &path).await;
+    assert_eq!(kind_of(&created), "created");
+
+    if include_modified {
+        let writer = SlowWriter::start(path.clone(), an_hour_ago + Duration::from_secs(60), true);
+        let modified = writer.expect_event(&mut run, &path).await;
+        assert_eq!(kind_of(&modified), "modified");
+        assert_ne!(modified.dedup_key, created.dedup_key);
+    }
+    assert_quiet(&mut run).await;
+    run.stop().await.expect("clean stop");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn polling_emits_a_growing_file_once_complete() {
+    a_growing_file_gets_one_event_once_complete(json!({"poke_interval": 0.2})).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn include_modified_emits_a_growing_file_once_complete() {
+    a_growing_file_gets_one_event_once_complete(json!({"include_modified": true})).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn polling_with_include_modified_emits_a_growing_file_once_complete() {
+    a_growing_file_gets_one_event_once_complete(
+        json!({"poke_interval": 0.2, "include_modified": true}),
+    )
+    .await;
+}
+
+// ---------------------------------------------------------------- unreadable subdirectories
+
+/// Set in the copy of the test binary that [`rerun_unprivileged`] starts.
+const UNPRIVILEGED_CHILD: &str = "TRIGGERER_FILE_TEST_UNPRIVILEGED_CHILD";
+
+/// Whether a directory without permissions is really unreadable to this process (not for root,
+/// whose CAP_DAC_OVERRIDE ignores permission bits).
+fn permissions_enforced() -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    let probe = tempfile::tempdir().expect("tempdir");
+    let locked = probe.path().join("locked");
+    fs::create_dir(&locked).expect("mkdir");
+    fs::set_permissions(&locked, fs::Permissions::from_mode(0o000)).expect("chmod 000");
+    let enforced = fs::read_dir(&locked).is_err();
+    fs::set_permissions(&locked, fs::Permissions::from_mode(0o755)).expect("chmod 755");
+    enforced
+}
+
+/// Runs test `name` of this binary again as user and group 65534 (nobody), where permission
+/// bits apply, and checks that it passed there. A process cannot drop root's privileges for
+/// one test in place; a child process can start without them.
+fn rerun_unprivileged(name: &str) {
+    use std::os::unix::process::CommandExt;
+    assert!(
+        std::env::var_os(UNPRIVILEGED_CHILD).is_none(),
+        "still privileged in the unprivileged child"
+    );
+    let exe = std::env::current_exe().expect("test binary path");
+    let output = std::process::Command::new(&exe)
+        .args(["--exact", name, "--nocapture", "--test-threads", "1"])
+        .env(UNPRIVILEGED_CHILD, "1")
+        .current_dir("/")
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {} as uid 65534: {e}", exe.display()));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success() && stdout.contains("1 passed"),
+        "{name} as uid 65534: {}\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
+        output.status
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unreadable_subdirectory_is_skipped_with_a_warning() {
+    use std::os::unix::fs::PermissionsExt;
+    if !permissions_enforced() {
+        let name = concat!(
+            module_path!(),
+            "::an_unreadable_subdirectory_is_skipped_with_a_warning"
+        );
+        let name = name.split_once("::").map_or(name, |(_, rest)| rest);
+        tokio::task::spawn_blocking({
+            let name = name.to_owned();
+            move || rerun_unprivileged(&name)
+        })
+        .await
+        .expect("unprivileged run");
+        return;
+    }
+    let provider = FileProvider::new();
+    for kwargs_for in [
+        (|root: &Path| json!({"filepath": s(root), "recursive": true})) as fn(&Path) -> Value,
+        |root: &Path| json!({"filepath": format!("{}/**/*.txt", s(root))}),
+        |root: &Path| json!({"filepath": s(root), "recursive": true, "poke_interval": 0.2}),
+    ] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let existing = write_files(dir.path(), &["a/old.txt"]);
+        let locked = dir.path().join("locked");
+        write_files(dir.path(), &["locked/secret.txt", "locked/deeper/x.txt"]);
+        fs::set_permissions(&locked, fs::Permissions::from_mode(0o000)).expect("chmod 000");
+        let kwargs = kwargs_for(dir.path());
+
+        let mut run = start(&provider, kwargs.clone());
+        let Some(first) = run.commit_next(WAIT).await else {
+            let ended = run.finished(WAIT).await;
+            panic!("{kwargs}: no event for the readable file; the run ended with {ended:?}");
+        };
+        assert_eq!(path_of(&first), s(&existing[0]), "{kwargs}");
+        ready(&mut run, &dir.path().join("probe.txt")).await;
+        let created = write_files(dir.path(), &["a/b/new.txt", "c/new.txt"]);
+        let events = take(&mut run, 2).await;
+        assert_eq!(
+            paths(&events).into_iter().collect::<HashSet<_>>(),
+            set(&created),
+            "{kwargs}"
+        );
+        let warnings = run.warnings();
+        assert!(
+            !warnings.is_empty(),
+            "{kwargs}: no warning about {}",
+            s(&locked)
+        );
+        for warning in &warnings {
+            assert!(
+                warning.contains(&s(&locked)) && warning.contains("Permission denied"),
+                "{kwargs}: warning does not name the directory and the OS error: {warning}"
+            );
+        }
+        // Rescans (poke_interval) meet the directory again: told once, not at every rescan.
+        assert_quiet(&mut run).await;
+        assert_eq!(
+            run.warnings(),
+            Vec::<String>::new(),
+            "{kwargs}: repeated warnings"
+        );
+        run.stop().await.expect("clean stop");
+        wait_for_watch_count(&provider, 0).await;
+        fs::set_permissions(&locked, fs::Permissions::from_mode(0o755)).expect("chmod 755");
+    }
+}
+
+// ---------------------------------------------------------------- non-UTF-8 names
+
+#[tokio::test(flavor = "multi_thread")]
+async fn non_utf8_names_keep_their_bytes() {
+    use base64::Engine;
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let provider = FileProvider::new();
+    let kwargs = json!({"filepath": s(dir.path())});
+    let mut run = start(&provider, kwargs.clone());
+    let probe = ready(&mut run, &dir.path().join("probe")).await.remove(0);
+    assert!(
+        probe.payload.get("path_bytes_b64").is_none(),
+        "a UTF-8 name needs no bytes field: {}",
+        probe.payload
+    );
+
+    // Both names read `bad\u{FFFD}.txt` when decoded lossily; as hard links of one file they
+    // also share inode, mtime and birth time: only the bytes tell them apart.
+    let a = dir.path().join(OsStr::from_bytes(b"bad\xff.txt"));
+    let b = dir.path().join(OsStr::from_bytes(b"bad\xfe.txt"));
+    fs::write(&a, b"bytes").expect("write");
+    fs::hard_link(&a, &b).expect("link");
+    let events = take(&mut run, 2).await;
+    let mut got = HashSet::new();
+    for event in &events {
+        let encoded = event.payload["path_bytes_b64"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no path_bytes_b64: {}", event.payload));
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(encoded)
+            .expect("standard base64");
+        let path = PathBuf::from(OsStr::from_bytes(&bytes));
+        assert_eq!(path_of(event), path.to_string_lossy(), "{}", event.payload);
+        assert!(fs::metadata(&path).is_ok(), "not a usable path: {path:?}");
+        got.insert(path);
+    }
+    assert_eq!(got, HashSet::from([a.clone(), b.clone()]));
+    let keys: HashSet<&str> = events.iter().map(|e| e.dedup_key.as_str()).collect();
+    assert_eq!(keys.len(), 2, "dedup keys must differ: {keys:?}");
+    let checkpoint = run.checkpoint.clone();
+    assert_eq!(checkpoint.len(), 3, "{checkpoint:?}");
+    assert_quiet(&mut run).await;
+    run.stop().await.expect("clean stop");
+
+    // The committed checkpoint recognises both files: a restart emits nothing.
+    let mut run = TestRun::start(build(&provider, kwargs), checkpoint, 64);
+    assert_quiet(&mut run).await;
+    run.stop().await.expect("clean stop");
+}

@@ -1,14 +1,18 @@
 //! One running file trigger: start-up scan, live events, pending-file timers and the pipelined
 //! deliveries.
 
+use std::borrow::Cow;
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::ffi::OsString;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use async_trait::async_trait;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine;
 use chrono::{DateTime, SecondsFormat, Utc};
 use futures::stream::{FuturesUnordered, StreamExt};
 use serde_json::json;
@@ -16,7 +20,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tracing::{debug, info, info_span, warn, Instrument};
 use triggerer_sdk::{
     CancellationToken, Committed, Delivery, Event, EventSink, EventTrigger, NotCommitted,
-    TriggerContext, TriggerError,
+    TriggerContext, TriggerError, WarningSink,
 };
 
 use crate::config::{FileTriggerConfig, Target};
@@ -24,10 +28,14 @@ use crate::watch::{ChangeKind, FsChange, Hub, Subscription};
 
 /// Deliveries awaiting their commit before the trigger stops reading new changes.
 const MAX_IN_FLIGHT: usize = 1024;
-/// How long a created file may stay without a close-after-write before it is emitted anyway
-/// (hard links and some tools never close a written descriptor on the new name), and how long a
-/// file's mtime must stay put before a scan treats it as complete.
-const QUIET: Duration = Duration::from_millis(500);
+/// The settle period: a file not known to be complete (no close-after-write or rename seen) is
+/// emitted once two looks this far apart see the same size and mtime. Hard links and some tools
+/// never close a written descriptor on the new name; a scan cannot see a close at all.
+const SETTLE: Duration = Duration::from_millis(500);
+/// Checkpoint keys (and the path part of dedup keys) of paths that are not UTF-8: this prefix
+/// and the standard base64 of the path's bytes. Payload paths are absolute, so no UTF-8 path
+/// starts like this.
+const BYTES_KEY_PREFIX: &str = "base64:";
 /// Bound on the wait for in-flight deliveries when cancelled: the core's writer normally answers
 /// within a batch; past this the events are redelivered after the restart anyway.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -95,6 +103,56 @@ impl FileInfo {
             size: meta.len(),
         }
     }
+
+    fn look(&self) -> Look {
+        Look {
+            identity: self.identity,
+            size: self.size,
+        }
+    }
+}
+
+/// What two looks at a file must agree on before it counts as complete. The size too: an mtime
+/// can stand still while a file grows (coarse timestamps, attribute caching, a file server's
+/// clock), and an mtime that looks old says nothing on such filesystems either.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Look {
+    identity: Identity,
+    size: u64,
+}
+
+/// The checkpoint key of `path`, also the path part of its dedup key: the path itself when it
+/// is UTF-8, else [`BYTES_KEY_PREFIX`] and its bytes in base64, so that distinct names that read
+/// the same once decoded lossily keep distinct keys.
+fn path_key(path: &Path) -> Cow<'_, str> {
+    match path.to_str() {
+        Some(utf8) => Cow::Borrowed(utf8),
+        None => Cow::Owned(format!(
+            "{BYTES_KEY_PREFIX}{}",
+            BASE64.encode(path.as_os_str().as_encoded_bytes())
+        )),
+    }
+}
+
+/// The path a checkpoint key stands for (the inverse of [`path_key`]).
+fn path_from_key(key: &str) -> Option<PathBuf> {
+    let Some(encoded) = key.strip_prefix(BYTES_KEY_PREFIX) else {
+        return Some(PathBuf::from(key));
+    };
+    let bytes = BASE64.decode(encoded).ok()?;
+    Some(PathBuf::from(os_string_from_bytes(bytes)))
+}
+
+#[cfg(unix)]
+fn os_string_from_bytes(bytes: Vec<u8>) -> OsString {
+    use std::os::unix::ffi::OsStringExt;
+    OsString::from_vec(bytes)
+}
+
+#[cfg(not(unix))]
+fn os_string_from_bytes(bytes: Vec<u8>) -> OsString {
+    // Paths elsewhere are not raw bytes; a key this build wrote is UTF-8 there anyway.
+    OsString::from(String::from_utf8_lossy(&bytes).into_owned())
 }
 
 #[cfg(unix)]
@@ -136,15 +194,6 @@ fn rfc3339(mtime_ns: i128) -> String {
         .and_then(|s| DateTime::<Utc>::from_timestamp(s, nanos as u32))
         .unwrap_or(DateTime::<Utc>::UNIX_EPOCH)
         .to_rfc3339_opts(SecondsFormat::AutoSi, true)
-}
-
-/// Whether the file was written so recently that a writer may still be at it.
-fn is_recent(identity: Identity) -> bool {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as i128);
-    // An mtime in the future (clock skew on a network filesystem) also waits one quiet period.
-    now - identity.mtime_ns < QUIET.as_nanos() as i128
 }
 
 /// Stats `path`, following symlinks. `None` when it vanished in the meantime.
@@ -223,12 +272,15 @@ impl Emitter {
     }
 }
 
-/// A file seen appearing but not emitted yet.
+/// A file to emit once complete: a close-after-write, or a look one settle period after the
+/// last one seeing it unchanged.
 #[derive(Debug, Clone, Copy)]
 struct Pending {
     deadline: Instant,
-    /// mtime when last looked at: the file is emitted once it stops changing.
-    last_mtime_ns: i128,
+    /// The file when last looked at.
+    last: Look,
+    /// Time between looks.
+    settle: Duration,
     /// A create or rename event was seen in this run: the file is new even if an old one with
     /// the same inode (inodes get reused) was emitted before.
     created: bool,
@@ -246,6 +298,13 @@ enum Timer {
 struct Watch {
     target: Arc<Target>,
     include_modified: bool,
+    /// Settle period of files found by a scan. With `poke_interval`, at least that: polling is
+    /// for filesystems that send no notifications, mostly network ones, where two looks in quick
+    /// succession may both be answered from the client's attribute cache.
+    scan_settle: Duration,
+    warnings: WarningSink,
+    /// Directories a scan could not list, reported once until a full scan lists them again.
+    unlisted: HashSet<PathBuf>,
     /// path → identity last submitted (committed or in flight).
     emitted: HashMap<PathBuf, Identity>,
     pending: HashMap<PathBuf, Pending>,
@@ -258,22 +317,28 @@ struct Watch {
 impl Watch {
     fn new(
         target: Arc<Target>,
-        include_modified: bool,
+        config: &FileTriggerConfig,
+        warnings: WarningSink,
         checkpoint: HashMap<String, String>,
     ) -> Self {
         let emitted = checkpoint
             .into_iter()
-            .filter_map(|(path, value)| match Identity::parse(&value) {
-                Some(identity) => Some((PathBuf::from(path), identity)),
-                None => {
-                    warn!(path, value, "ignoring a malformed checkpoint entry");
-                    None
-                }
-            })
+            .filter_map(
+                |(key, value)| match (path_from_key(&key), Identity::parse(&value)) {
+                    (Some(path), Some(identity)) => Some((path, identity)),
+                    _ => {
+                        warn!(key, value, "ignoring a malformed checkpoint entry");
+                        None
+                    }
+                },
+            )
             .collect();
         Self {
             target,
-            include_modified,
+            include_modified: config.include_modified,
+            scan_settle: config.poke_interval.map_or(SETTLE, |poke| poke.max(SETTLE)),
+            warnings,
+            unlisted: HashSet::new(),
             emitted,
             pending: HashMap::new(),
             dir_rescans: HashMap::new(),
@@ -313,17 +378,22 @@ impl Watch {
         label: &'static str,
     ) -> Result<(), Halt> {
         let path = info.path.to_string_lossy();
+        let key = path_key(&info.path);
         let identity = info.identity;
-        let event = Event::new(
-            json!({
-                "path": path,
-                "size": info.size,
-                "mtime": rfc3339(identity.mtime_ns),
-                "event": label,
-            }),
-            format!("file:{path}:{identity}"),
-        )
-        .with_checkpoint(path.clone(), identity.to_string());
+        let mut payload = json!({
+            "path": path,
+            "size": info.size,
+            "mtime": rfc3339(identity.mtime_ns),
+            "event": label,
+        });
+        if info.path.to_str().is_none() {
+            // `path` lost bytes in decoding: these are the name a consumer can open.
+            payload["path_bytes_b64"] = BASE64
+                .encode(info.path.as_os_str().as_encoded_bytes())
+                .into();
+        }
+        let event = Event::new(payload, format!("file:{key}:{identity}"))
+            .with_checkpoint(key.into_owned(), identity.to_string());
         debug!(path = %path, event = label, %identity, "file event");
         // Recorded before the commit so that a second event for the same file while this one is
         // in flight is recognised as a duplicate.
@@ -331,13 +401,14 @@ impl Watch {
         em.submit(event).await
     }
 
-    fn schedule_file(&mut self, path: PathBuf, last_mtime_ns: i128, created: bool) {
-        let deadline = Instant::now() + QUIET;
+    fn schedule_file(&mut self, path: PathBuf, last: Look, settle: Duration, created: bool) {
+        let deadline = Instant::now() + settle;
         self.pending.insert(
             path.clone(),
             Pending {
                 deadline,
-                last_mtime_ns,
+                last,
+                settle,
                 created,
             },
         );
@@ -345,7 +416,7 @@ impl Watch {
     }
 
     fn schedule_dir(&mut self, path: PathBuf) {
-        let deadline = Instant::now() + QUIET;
+        let deadline = Instant::now() + SETTLE;
         self.dir_rescans.insert(path.clone(), deadline);
         self.timers.push(Reverse((deadline, Timer::Dir(path))));
     }
@@ -368,41 +439,58 @@ impl Watch {
     }
 
     /// Walks `start` (the root, or a directory that appeared under it) off the async workers.
-    async fn walk(&self, start: PathBuf) -> Result<Vec<FileInfo>, TriggerError> {
+    /// `Err`: `start` itself cannot be listed.
+    async fn walk(&self, start: PathBuf) -> Result<Result<Walked, io::Error>, TriggerError> {
         let target = self.target.clone();
         tokio::task::spawn_blocking(move || walk(&target, &start))
             .await
-            .map_err(|e| TriggerError::failed(format!("directory scan task failed: {e}")))?
+            .map_err(|e| TriggerError::failed(format!("directory scan task failed: {e}")))
     }
 
-    /// Emits the files of `infos` not emitted before. Files written a moment ago wait for a
-    /// quiet period, as a writer may still be at them.
-    async fn absorb(
-        &mut self,
-        em: &mut Emitter,
-        infos: Vec<FileInfo>,
-        created: bool,
-    ) -> Result<(), Halt> {
-        for info in infos {
-            if self.pending.contains_key(&info.path) {
-                continue;
+    /// Tells about directories a scan skipped, each once: a poke_interval rescan meeting them
+    /// again is no news. `full`: the scan covered the whole tree, so a directory it listed fine
+    /// is forgotten and reported again if it becomes unreadable again.
+    fn report_unlisted(&mut self, unlisted: Vec<(PathBuf, io::Error)>, full: bool) {
+        let mut now = HashSet::with_capacity(unlisted.len());
+        for (dir, error) in unlisted {
+            if !self.unlisted.contains(&dir) {
+                warn!(dir = %dir.display(), %error, "skipping unreadable directory");
+                self.warnings.warn(format!(
+                    "skipping directory {}: cannot list it: {error}",
+                    dir.display()
+                ));
             }
-            let Some(label) = self.label(&info, created, created) else {
-                continue;
-            };
-            if is_recent(info.identity) {
-                self.schedule_file(info.path, info.identity.mtime_ns, created);
-            } else {
-                self.emit(em, &info, label).await?;
-            }
+            now.insert(dir);
         }
-        Ok(())
+        if full {
+            self.unlisted = now;
+        } else {
+            self.unlisted.extend(now);
+        }
     }
 
-    async fn full_scan(&mut self, em: &mut Emitter) -> Result<(), Halt> {
-        let infos = self.walk(self.target.root.clone()).await?;
-        debug!(root = %self.target.root.display(), files = infos.len(), "scanned");
-        self.absorb(em, infos, false).await
+    /// Takes the files of `infos` not emitted before to the settle check: a scan cannot tell a
+    /// finished file from one a writer is still at, whatever its mtime says.
+    fn absorb(&mut self, infos: Vec<FileInfo>, created: bool) {
+        for info in infos {
+            if self.pending.contains_key(&info.path)
+                || self.label(&info, created, created).is_none()
+            {
+                continue;
+            }
+            let look = info.look();
+            self.schedule_file(info.path, look, self.scan_settle, created);
+        }
+    }
+
+    async fn full_scan(&mut self) -> Result<(), Halt> {
+        let walked = self.walk(self.target.root.clone()).await?.map_err(|e| {
+            TriggerError::io(format!("cannot list {}", self.target.root.display()), e)
+        })?;
+        debug!(root = %self.target.root.display(), files = walked.files.len(), "scanned");
+        self.report_unlisted(walked.unlisted, true);
+        self.absorb(walked.files, false);
+        Ok(())
     }
 
     /// After lost events the queued ones are stale: a full rescan replaces them. Removals are
@@ -419,18 +507,22 @@ impl Watch {
                 self.on_change(em, change).await?;
             }
         }
-        self.full_scan(em).await
+        self.full_scan().await
     }
 
-    async fn scan_new_dir(&mut self, em: &mut Emitter, dir: PathBuf) -> Result<(), Halt> {
-        match self.walk(dir).await {
-            Ok(infos) => self.absorb(em, infos, true).await,
-            // Gone again, or unreadable: its own events (or a later rescan) tell the rest.
-            Err(e) => {
-                debug!(error = %e, "cannot scan a new directory");
-                Ok(())
+    async fn scan_new_dir(&mut self, dir: PathBuf) -> Result<(), Halt> {
+        match self.walk(dir.clone()).await? {
+            Ok(walked) => {
+                self.report_unlisted(walked.unlisted, false);
+                self.absorb(walked.files, true);
             }
+            // Gone again: its removal event tells the rest.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                debug!(dir = %dir.display(), "new directory gone before its scan");
+            }
+            Err(e) => self.report_unlisted(vec![(dir, e)], false),
         }
+        Ok(())
     }
 
     async fn on_change(&mut self, em: &mut Emitter, change: FsChange) -> Result<(), Halt> {
@@ -467,12 +559,14 @@ impl Watch {
                     return Ok(());
                 };
                 if meta.is_dir() {
-                    self.on_new_dir(em, path).await?;
+                    self.on_new_dir(path).await?;
                 } else if meta.is_file() && self.target.matches(&path) {
                     let info = FileInfo::from_metadata(path, &meta);
                     if kind == ChangeKind::Created {
-                        // Not complete yet: wait for the close-after-write (or the quiet timer).
-                        self.schedule_file(info.path, info.identity.mtime_ns, true);
+                        // Not complete yet: wait for the close-after-write (or the settle check).
+                        // The OS notifies about this tree, so looks are not served from a cache.
+                        let look = info.look();
+                        self.schedule_file(info.path, look, SETTLE, true);
                     } else {
                         // A rename is atomic: the file is complete under its new name.
                         self.pending.remove(&info.path);
@@ -504,7 +598,7 @@ impl Watch {
         Ok(())
     }
 
-    async fn on_new_dir(&mut self, em: &mut Emitter, dir: PathBuf) -> Result<(), Halt> {
+    async fn on_new_dir(&mut self, dir: PathBuf) -> Result<(), Halt> {
         let Some(depth) = self.target.depth_of(&dir) else {
             return Ok(());
         };
@@ -514,7 +608,7 @@ impl Watch {
         }
         // Now for latency, and once more after notify has surely added the new directory's
         // watch, for files written in between.
-        self.scan_new_dir(em, dir.clone()).await?;
+        self.scan_new_dir(dir.clone()).await?;
         self.schedule_dir(dir);
         Ok(())
     }
@@ -534,7 +628,7 @@ impl Watch {
             match timer {
                 Timer::Dir(dir) => {
                     self.dir_rescans.remove(&dir);
-                    self.scan_new_dir(em, dir).await?;
+                    self.scan_new_dir(dir).await?;
                 }
                 Timer::File(path) => {
                     let Some(pending) = self.pending.remove(&path) else {
@@ -547,9 +641,10 @@ impl Watch {
                         continue;
                     }
                     let info = FileInfo::from_metadata(path, &meta);
-                    if info.identity.mtime_ns != pending.last_mtime_ns {
-                        // Still being written: wait for another quiet period.
-                        self.schedule_file(info.path, info.identity.mtime_ns, pending.created);
+                    let look = info.look();
+                    if look != pending.last {
+                        // Still being written: look again one settle period from now.
+                        self.schedule_file(info.path, look, pending.settle, pending.created);
                     } else if let Some(label) = self.label(&info, pending.created, pending.created)
                     {
                         self.emit(em, &info, label).await?;
@@ -568,7 +663,7 @@ impl Watch {
     ) -> Result<(), Halt> {
         let overflow = sub.overflow_signal();
         // Subscribed before this scan: a file appearing during it is seen by one or the other.
-        self.full_scan(em).await?;
+        self.full_scan().await?;
         let mut ticker = poke_interval.map(|period| {
             let mut ticker = tokio::time::interval_at(Instant::now() + period, period);
             ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -590,33 +685,38 @@ impl Watch {
                     self.on_timers(em).await?;
                 }
                 _ = async { if let Some(t) = ticker.as_mut() { t.tick().await; } }, if ticker.is_some() => {
-                    self.full_scan(em).await?;
+                    self.full_scan().await?;
                 }
             }
         }
     }
 }
 
-/// Lists the regular files under `start` that the target matches. Blocking.
-fn walk(target: &Target, start: &Path) -> Result<Vec<FileInfo>, TriggerError> {
+/// What a walk found.
+#[derive(Debug, Default)]
+struct Walked {
+    /// The regular files the target matches.
+    files: Vec<FileInfo>,
+    /// Subdirectories that could not be listed, and why.
+    unlisted: Vec<(PathBuf, io::Error)>,
+}
+
+/// Lists the regular files under `start` that the target matches. Blocking. `Err`: `start`
+/// itself cannot be listed; a subdirectory that cannot be is skipped (and reported), as one
+/// unreadable subdirectory must not stop the whole trigger.
+fn walk(target: &Target, start: &Path) -> Result<Walked, io::Error> {
+    let mut walked = Walked::default();
     let Some(start_depth) = target.depth_of(start) else {
-        return Ok(Vec::new());
+        return Ok(walked);
     };
-    let mut found = Vec::new();
     let mut dirs = vec![(start.to_path_buf(), start_depth)];
     while let Some((dir, depth)) = dirs.pop() {
         let entries = match std::fs::read_dir(&dir) {
             Ok(entries) => entries,
-            Err(e) if dir == start => {
-                return Err(TriggerError::io(
-                    format!("cannot list {}", dir.display()),
-                    e,
-                ))
-            }
+            Err(e) if dir == start => return Err(e),
             Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
             Err(e) => {
-                // One unreadable subdirectory must not stop the whole trigger.
-                warn!(dir = %dir.display(), error = %e, "skipping unreadable directory");
+                walked.unlisted.push((dir, e));
                 continue;
             }
         };
@@ -647,13 +747,15 @@ fn walk(target: &Target, start: &Path) -> Result<Vec<FileInfo>, TriggerError> {
                 continue;
             }
             match std::fs::metadata(&path) {
-                Ok(meta) if meta.is_file() => found.push(FileInfo::from_metadata(path, &meta)),
+                Ok(meta) if meta.is_file() => {
+                    walked.files.push(FileInfo::from_metadata(path, &meta))
+                }
                 Ok(_) => {}
                 Err(e) => debug!(path = %path.display(), error = %e, "file vanished during scan"),
             }
         }
     }
-    Ok(found)
+    Ok(walked)
 }
 
 /// A file trigger, built by [`FileProvider`](crate::FileProvider) from validated kwargs.
@@ -681,6 +783,7 @@ impl EventTrigger for FileTrigger {
         let TriggerContext {
             trigger_id,
             sink,
+            warnings,
             checkpoint,
             cancel,
         } = ctx;
@@ -703,7 +806,12 @@ impl EventTrigger for FileTrigger {
             "watching for files"
         );
 
-        let mut watch = Watch::new(target, config.include_modified, checkpoint);
+        for (dir, reason) in subscription.skipped() {
+            let dir = target.to_user_path(dir).unwrap_or_else(|| dir.clone());
+            warnings.warn(format!("skipping directory {}: {reason}", dir.display()));
+        }
+
+        let mut watch = Watch::new(target, &config, warnings, checkpoint);
         let mut emitter = Emitter {
             sink,
             cancel,

@@ -261,11 +261,16 @@ fn classify(event: &notify::Event) -> Vec<FsChange> {
         .collect()
 }
 
+/// A directory a recursive OS watch leaves out, and why (a phrase: "cannot watch it: …").
+pub(crate) type Skipped = (PathBuf, String);
+
 #[derive(Default)]
 struct Control {
     watcher: Option<RecommendedWatcher>,
     /// OS watches in place: path → recursive.
     watches: HashMap<PathBuf, bool>,
+    /// Per recursive OS watch, the subdirectories it leaves out.
+    skipped: HashMap<PathBuf, Vec<Skipped>>,
 }
 
 impl Control {
@@ -276,6 +281,104 @@ impl Control {
                 .skip(1)
                 .any(|a| self.watches.get(a) == Some(&true))
     }
+
+    /// The left-out directories a subscriber at `root` misses files in.
+    fn skipped_under(&self, root: &Path, recursive: bool) -> Vec<Skipped> {
+        if !recursive {
+            return Vec::new();
+        }
+        self.skipped
+            .values()
+            .flatten()
+            .filter(|(dir, _)| dir.starts_with(root))
+            .cloned()
+            .collect()
+    }
+
+    fn forget(&mut self, path: &Path) {
+        self.watches.remove(path);
+        self.skipped.remove(path);
+    }
+}
+
+/// `error` in a phrase, without notify's list of paths (the caller names the directory).
+fn describe(error: &notify::Error) -> String {
+    match &error.kind {
+        notify::ErrorKind::Io(e) => e.to_string(),
+        notify::ErrorKind::PathNotFound => "no such file or directory".to_owned(),
+        notify::ErrorKind::MaxFilesWatch => {
+            "the OS limit on watches is reached (fs.inotify.max_user_watches)".to_owned()
+        }
+        notify::ErrorKind::Generic(message) => message.clone(),
+        other => format!("{other:?}"),
+    }
+}
+
+/// Adds a recursive watch on `dir` through `try_watch`, leaving out the subdirectories that
+/// cannot be watched (recorded in `skipped`) instead of failing for all of them: notify gives
+/// up on a whole tree at the first subdirectory it cannot watch (an unreadable one, say).
+/// `Err`: `dir` itself cannot be watched, or the OS limit on watches is reached (then every
+/// further attempt would fail as well).
+fn watch_tree(
+    dir: &Path,
+    try_watch: &mut dyn FnMut(&Path) -> notify::Result<()>,
+    skipped: &mut Vec<Skipped>,
+) -> notify::Result<()> {
+    let error = match try_watch(dir) {
+        Ok(()) => return Ok(()),
+        Err(error) => error,
+    };
+    let below = error.paths.iter().any(|p| p != dir && p.starts_with(dir));
+    if !below || matches!(error.kind, notify::ErrorKind::MaxFilesWatch) {
+        return Err(error);
+    }
+    debug!(dir = %dir.display(), error = %error, "recursive watch incomplete; watching subdirectories one by one");
+    // notify kept what it added before the failure, `dir` included; a recursive watch per
+    // child covers the rest (re-adding a watch only extends it).
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) => {
+            skipped.push((
+                dir.to_path_buf(),
+                format!("cannot list its subdirectories to watch them: {e}"),
+            ));
+            return Ok(());
+        }
+    };
+    for entry in entries.flatten() {
+        let Ok(file_type) = entry.file_type() else {
+            continue;
+        };
+        let path = entry.path();
+        // notify follows symlinks to directories; so must the fallback.
+        let link = file_type.is_symlink();
+        let is_dir =
+            file_type.is_dir() || (link && std::fs::metadata(&path).is_ok_and(|m| m.is_dir()));
+        if !is_dir {
+            continue;
+        }
+        let result = if link {
+            // Taken whole or not at all: through a link the tree may loop back on itself.
+            try_watch(&path)
+        } else {
+            watch_tree(&path, try_watch, skipped)
+        };
+        match result {
+            Ok(()) => {}
+            Err(e) if matches!(e.kind, notify::ErrorKind::MaxFilesWatch) => return Err(e),
+            Err(e) if matches!(e.kind, notify::ErrorKind::PathNotFound) && !path.exists() => {
+                debug!(dir = %path.display(), "subdirectory gone before it could be watched");
+            }
+            Err(e) => {
+                let mut reason = format!("cannot watch it: {}", describe(&e));
+                if let Some(at) = e.paths.iter().find(|p| **p != path) {
+                    reason.push_str(&format!(" (at {})", at.display()));
+                }
+                skipped.push((path, reason));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The provider-wide watcher. Created empty; the OS watcher starts with the first subscriber.
@@ -335,19 +438,22 @@ impl Hub {
             (sub, table.lost.is_empty())
         };
         // From here on the guard undoes the registration on every exit path.
-        let subscription = Subscription {
+        let mut subscription = Subscription {
             hub: self.clone(),
             sub,
+            skipped: Vec::new(),
         };
 
         let mut control = lock(&self.control);
         // The common case — a directory already watched — must not cost a walk over every
         // subscriber: with 100,000 triggers that made start-up quadratic.
         if nothing_lost && control.covers(&root, recursive) {
+            subscription.skipped = control.skipped_under(&root, recursive);
             return Ok(subscription);
         }
         let mut errors = self.reconcile(&mut control)?;
         if control.covers(&root, recursive) {
+            subscription.skipped = control.skipped_under(&root, recursive);
             return Ok(subscription);
         }
         let reason = root
@@ -397,7 +503,8 @@ impl Hub {
         };
         let mut removed = Vec::new();
         for path in lost {
-            if control.watches.remove(&path).is_some() {
+            if control.watches.contains_key(&path) {
+                control.forget(&path);
                 if let Some(watcher) = control.watcher.as_mut() {
                     // notify usually dropped it already; then this only reports "not found".
                     let _ = watcher.unwatch(&path);
@@ -414,7 +521,7 @@ impl Hub {
         // Removals before additions: a new recursive watch re-adds the directories a removed
         // nested watch had, whereas removing afterwards would tear them out of it.
         for path in stale {
-            control.watches.remove(&path);
+            control.forget(&path);
             if let Some(watcher) = control.watcher.as_mut() {
                 if let Err(e) = watcher.unwatch(&path) {
                     debug!(path = %path.display(), error = %e, "unwatch failed");
@@ -436,14 +543,25 @@ impl Hub {
         }
         if let Some(watcher) = control.watcher.as_mut() {
             for (path, recursive) in missing {
-                let mode = if recursive {
-                    RecursiveMode::Recursive
+                let mut skipped = Vec::new();
+                let added = if recursive {
+                    watch_tree(
+                        &path,
+                        &mut |dir| watcher.watch(dir, RecursiveMode::Recursive),
+                        &mut skipped,
+                    )
                 } else {
-                    RecursiveMode::NonRecursive
+                    watcher.watch(&path, RecursiveMode::NonRecursive)
                 };
-                match watcher.watch(&path, mode) {
+                match added {
                     Ok(()) => {
                         debug!(path = %path.display(), recursive, "OS watch added");
+                        for (dir, reason) in &skipped {
+                            warn!(dir = %dir.display(), reason, "directory left out of a recursive watch");
+                        }
+                        if !skipped.is_empty() {
+                            control.skipped.insert(path.clone(), skipped);
+                        }
                         control.watches.insert(path, recursive);
                     }
                     Err(e) => {
@@ -490,9 +608,15 @@ impl Hub {
 pub(crate) struct Subscription {
     hub: Arc<Hub>,
     sub: Arc<Subscriber>,
+    skipped: Vec<Skipped>,
 }
 
 impl Subscription {
+    /// Subdirectories under the root that the OS watch leaves out (canonical paths), and why.
+    pub fn skipped(&self) -> &[Skipped] {
+        &self.skipped
+    }
+
     /// A handle on the overflow flag.
     pub fn overflow_signal(&self) -> OverflowSignal {
         OverflowSignal(self.sub.clone())
@@ -666,6 +790,77 @@ mod tests {
         router.handle(event(EventKind::Remove(RemoveKind::Folder), &["/w"]));
         let table = lock(&router.table);
         assert_eq!(table.lost, HashSet::from([PathBuf::from("/w")]));
+    }
+
+    /// notify's recursive watch as seen from outside: it fails for a whole tree, naming the
+    /// first directory it cannot watch.
+    fn fake_notify<'a>(
+        unwatchable: &'a [PathBuf],
+        calls: &'a mut Vec<PathBuf>,
+    ) -> impl FnMut(&Path) -> notify::Result<()> + 'a {
+        move |dir: &Path| {
+            calls.push(dir.to_path_buf());
+            match unwatchable.iter().find(|bad| bad.starts_with(dir)) {
+                Some(bad) => {
+                    Err(notify::Error::io(std::io::Error::from_raw_os_error(13))
+                        .add_path(bad.clone()))
+                }
+                None => Ok(()),
+            }
+        }
+    }
+
+    #[test]
+    fn a_recursive_watch_leaves_out_only_the_directories_it_cannot_watch() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path();
+        for sub in ["a/b", "locked/inner", "c/deep/locked-too", "c/deep/fine"] {
+            std::fs::create_dir_all(root.join(sub)).expect("mkdir");
+        }
+        let unwatchable = [root.join("locked"), root.join("c/deep/locked-too")];
+        let mut calls = Vec::new();
+        let mut skipped = Vec::new();
+        watch_tree(
+            root,
+            &mut fake_notify(&unwatchable, &mut calls),
+            &mut skipped,
+        )
+        .expect("the root itself can be watched");
+        let skipped_dirs: HashSet<PathBuf> = skipped.iter().map(|(d, _)| d.clone()).collect();
+        assert_eq!(skipped_dirs, HashSet::from(unwatchable.clone()));
+        for (dir, reason) in &skipped {
+            assert!(
+                reason.contains("Permission denied"),
+                "{}: {reason}",
+                dir.display()
+            );
+        }
+        // Each watchable part is covered by one recursive watch; nothing below a left-out
+        // directory is tried.
+        for covered in ["a", "c/deep/fine"] {
+            assert!(
+                calls.contains(&root.join(covered)),
+                "{covered} not watched: {calls:?}"
+            );
+        }
+        assert!(!calls
+            .iter()
+            .any(|c| c.starts_with(root.join("locked/inner"))));
+
+        // The root itself, or the watch limit, is an error for the whole watch.
+        let mut calls = Vec::new();
+        let err = watch_tree(
+            root,
+            &mut fake_notify(&[root.to_path_buf()], &mut calls),
+            &mut skipped,
+        )
+        .expect_err("an unwatchable root fails");
+        assert_eq!(err.paths, vec![root.to_path_buf()]);
+        let mut limit = |_: &Path| {
+            Err(notify::Error::new(notify::ErrorKind::MaxFilesWatch).add_path(root.join("a/b")))
+        };
+        let err = watch_tree(root, &mut limit, &mut Vec::new()).expect_err("limit reached");
+        assert!(matches!(err.kind, notify::ErrorKind::MaxFilesWatch));
     }
 
     #[test]
