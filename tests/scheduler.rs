@@ -508,45 +508,10 @@ store_test!(
     }
 );
 
-store_test!(
-    a_dag_whose_run_id_is_taken_does_not_hold_up_the_others_in_its_pass,
-    |store| {
-        sync_at(&store, "[[dag]]\ndag_id = \"a\"\nschedule = \"@daily\"\nstart_date = 2025-01-01T00:00:00Z\ncatchup = true\n[[dag]]\ndag_id = \"b\"\nschedule = \"@daily\"\nstart_date = 2025-01-01T00:00:00Z\ncatchup = true\n", "2025-01-02T12:00:00Z").await;
-        // A manual run of `a`, at another logical date, holding the id of `a`'s due slot.
-        let slot_of_a = store.dag_timing("a").await.unwrap().next;
-        let taken =
-            triggerer::timetable::run_id("scheduled", slot_of_a.expect("a due slot").run_after);
-        store
-            .create_manual_run(&ManualRun {
-                dag_id: "a".into(),
-                run_id: Some(taken.clone()),
-                conf: json!({}),
-                logical_date: Some(t("2024-06-01T00:00:00Z")),
-                data_interval: None,
-            })
-            .await
-            .unwrap();
-        let report = pass(&store, "2025-01-02T12:00:00Z").await;
-        assert_eq!(report.scheduled_created, 1, "{report:?}");
-        let runs_of_b = store.list_runs(Some("b"), None, 0).await.unwrap();
-        assert_eq!(runs_of_b.len(), 1);
-        assert_eq!(runs_of_b[0].run_id, taken, "the same id, for another DAG");
-        assert_eq!(
-            store.list_runs(Some("a"), None, 0).await.unwrap().len(),
-            1,
-            "only the manual run"
-        );
-        assert_eq!(
-            store.dag_timing("a").await.unwrap().next,
-            slot_of_a,
-            "`a`'s slot waits"
-        );
-    }
-);
-
-/// A run made by hand with the id the scheduler will give the next slot (as older versions,
-/// which did not check manual run ids, accepted): the scheduler skips that slot and moves on
-/// instead of failing on it every pass. `insert` writes that run behind the store's back.
+/// A run made by hand with the id the scheduler will give a DAG's due slot (older versions
+/// accepted such manual run ids; the API never did): the scheduler skips that slot and moves
+/// on instead of failing on it every pass, and the pass's other DAGs get their runs (the batch
+/// it was in falls back to one DAG at a time). `insert` writes that run behind the store's back.
 async fn a_taken_slot_run_id_is_skipped<F, Fut>(store: Store, insert: F)
 where
     F: FnOnce(String, DateTime<Utc>) -> Fut,
@@ -554,27 +519,26 @@ where
 {
     sync_at(
         &store,
-        "[[dag]]\ndag_id = \"h\"\nschedule = \"@hourly\"\nstart_date = 2025-01-01T00:00:00Z\n",
+        "[[dag]]\ndag_id = \"a\"\nschedule = \"@hourly\"\nstart_date = 2025-01-01T00:00:00Z\n\
+         [[dag]]\ndag_id = \"b\"\nschedule = \"@hourly\"\nstart_date = 2025-01-01T00:00:00Z\n",
         "2025-01-02T00:30:00Z",
     )
     .await;
-    let dag = &store.list_dags().await.unwrap()[0];
-    let slot_after = dag.next_dagrun_create_after.expect("a next slot");
-    insert(triggerer::timetable::run_id("scheduled", slot_after), slot_after).await;
-    let report = pass(&store, "2025-01-02T02:30:00Z").await;
+    let slot = store.dag_timing("a").await.unwrap().next.expect("a next slot");
+    insert(triggerer::timetable::run_id("scheduled", slot.run_after), slot.run_after).await;
+    let report = pass(&store, "2025-01-02T00:30:00Z").await;
     assert_eq!(report.slots_advanced, 1, "{report:?}");
-    let dag = &store.list_dags().await.unwrap()[0];
-    assert!(
-        dag.next_dagrun_create_after.expect("next slot") > slot_after,
-        "the schedule moved past the taken slot"
-    );
-    // The next pass creates the following slot's run as usual.
-    let report = pass(&store, "2025-01-02T02:30:00Z").await;
-    assert_eq!(report.scheduled_created, 1, "{report:?}");
+    assert_eq!(report.scheduled_created, 1, "b's run: {report:?}");
+    let next = store.dag_timing("a").await.unwrap().next.expect("next slot");
+    assert!(next.run_after > slot.run_after, "a's schedule moved past the taken slot");
+    assert_eq!(store.list_runs(Some("a"), None, 0).await.unwrap().len(), 1, "only the blocking run");
+    // The next slot gets its run as usual.
+    let report = pass(&store, "2025-01-02T01:30:00Z").await;
+    assert_eq!(report.scheduled_created, 2, "{report:?}");
 }
 
 const BLOCKING_RUN: &str = "INSERT INTO dag_run (dag_id, run_id, run_type, state, run_after, conf, queued_at) \
-     VALUES ('h', $1, 'manual', 'queued', $2, '{}', $2)";
+     VALUES ('a', $1, 'manual', 'queued', $2, '{}', $2)";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_taken_slot_run_id_is_skipped_sqlite() {

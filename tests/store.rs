@@ -503,16 +503,22 @@ store_test!(a_dag_removed_and_defined_again_keeps_its_queued_events, |store| {
 });
 
 store_test!(concurrent_syncs_leave_exactly_one_plan_active, |store| {
+    // Disjoint plans of new names each round: no row both touch, so nothing but the sync
+    // itself orders the two transactions.
     let plan_of = |only: &str| {
-        definitions::load_str(
+        let mut plan = definitions::load_str(
             "defs.toml",
-            &format!("[[asset]]\nname = \"common\"\n[[asset]]\nname = \"{only}\"\n"),
+            &format!("[[asset]]\nname = \"{only}\"\n[[dag]]\ndag_id = \"d_{only}\"\n"),
             &builtin_providers(),
         )
-        .expect("valid")
+        .expect("valid");
+        // Each removes all the other defined.
+        plan.allow_removing_everything = true;
+        plan
     };
-    let (x, y) = (plan_of("x"), plan_of("y"));
-    for round in 0..20 {
+    for round in 0..30 {
+        let (xn, yn) = (format!("x{round}"), format!("y{round}"));
+        let (x, y) = (plan_of(&xn), plan_of(&yn));
         let (a, b) = (store.clone(), store.clone());
         let (px, py) = (x.clone(), y.clone());
         let (rx, ry) = tokio::join!(
@@ -528,13 +534,17 @@ store_test!(concurrent_syncs_leave_exactly_one_plan_active, |store| {
             .into_iter()
             .map(|a| a.name)
             .collect();
-        let either = [
-            BTreeSet::from(["common".to_string(), "x".to_string()]),
-            BTreeSet::from(["common".to_string(), "y".to_string()]),
-        ];
+        let dags: BTreeSet<String> = store
+            .list_dags()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|d| d.dag_id)
+            .collect();
+        let plan = |n: &str| (BTreeSet::from([n.to_string()]), BTreeSet::from([format!("d_{n}")]));
         assert!(
-            either.contains(&active),
-            "round {round}: active assets {active:?} are no sync's plan"
+            (active.clone(), dags.clone()) == plan(&xn) || (active.clone(), dags.clone()) == plan(&yn),
+            "round {round}: active assets {active:?} and DAGs {dags:?} are no one sync's plan"
         );
     }
 });
