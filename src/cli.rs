@@ -750,6 +750,9 @@ fn parse_json_object(flag: &str, text: Option<&str>) -> Result<Value> {
     if !value.is_object() {
         bail!("{flag}: must be a JSON object such as '{{\"key\": \"value\"}}', got {text}");
     }
+    if let Some(path) = names::nul_in_json(&value) {
+        bail!("{flag}: `{path}` holds a NUL character (\\u0000), which the database cannot store");
+    }
     if let Some(number) = inexact_integer(text) {
         bail!(
             "{flag}: the integer {number} is too large to keep exactly (JSON numbers are kept \
@@ -770,7 +773,9 @@ fn inexact_integer(text: &str) -> Option<&str> {
             b'"' => in_string = !in_string,
             b'-' | b'0'..=b'9' if !in_string => {
                 let start = i;
-                while i < bytes.len() && matches!(bytes[i], b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9') {
+                while i < bytes.len()
+                    && matches!(bytes[i], b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9')
+                {
                     i += 1;
                 }
                 let literal = &text[start..i];
@@ -902,7 +907,10 @@ mod tests {
 
     #[test]
     fn table_cells_escape_control_characters() {
-        assert_eq!(cell(&serde_json::json!("a\u{1b}[2Jb\nc")), "a\\u{1b}[2Jb\\nc");
+        assert_eq!(
+            cell(&serde_json::json!("a\u{1b}[2Jb\nc")),
+            "a\\u{1b}[2Jb\\nc"
+        );
         assert_eq!(cell(&serde_json::json!(["x\ty", "z"])), "x\\ty,z");
         assert_eq!(cell(&serde_json::json!("plain")), "plain");
     }
@@ -921,10 +929,22 @@ mod tests {
 
     #[test]
     fn integers_beyond_64_bits_are_found() {
-        assert_eq!(inexact_integer(r#"{"a": 123456789012345678901234}"#), Some("123456789012345678901234"));
-        assert_eq!(inexact_integer(r#"{"a": -9223372036854775808, "b": 18446744073709551615}"#), None);
-        assert_eq!(inexact_integer(r#"{"a": "123456789012345678901234", "b": 1e400, "c": 1.25}"#), None);
-        assert_eq!(inexact_integer(r#"{"a\"": 1, "b": [99999999999999999999]}"#), Some("99999999999999999999"));
+        assert_eq!(
+            inexact_integer(r#"{"a": 123456789012345678901234}"#),
+            Some("123456789012345678901234")
+        );
+        assert_eq!(
+            inexact_integer(r#"{"a": -9223372036854775808, "b": 18446744073709551615}"#),
+            None
+        );
+        assert_eq!(
+            inexact_integer(r#"{"a": "123456789012345678901234", "b": 1e400, "c": 1.25}"#),
+            None
+        );
+        assert_eq!(
+            inexact_integer(r#"{"a\"": 1, "b": [99999999999999999999]}"#),
+            Some("99999999999999999999")
+        );
     }
 
     #[test]

@@ -2,10 +2,13 @@
 //! terminals and logs and compared as keys: they must be non-empty and hold no control
 //! characters (a NUL that PostgreSQL refuses, a newline that forges a log line, an ANSI escape
 //! that rewrites the screen). Run ids made by the scheduler carry a reserved prefix that manual
-//! runs may not take. Also the one escape for printing text that did not pass through here.
+//! runs may not take. Also the one escape for printing text that did not pass through here,
+//! and the check for NUL characters in JSON, which PostgreSQL cannot store.
 //! This module only judges and escapes; callers say where the name came from.
 
 use std::fmt;
+
+use serde_json::Value;
 
 /// Run-id prefixes the scheduler gives the runs it makes (Airflow's `DagRunType` values).
 pub const RESERVED_RUN_ID_PREFIXES: [&str; 3] = ["scheduled__", "backfill__", "asset_triggered__"];
@@ -79,6 +82,33 @@ pub fn escape_control(text: &str) -> std::borrow::Cow<'_, str> {
     std::borrow::Cow::Owned(out)
 }
 
+/// The path (`a.0.b`) of the first string or key in `value` holding a NUL, which PostgreSQL
+/// cannot store in JSON (`""` when `value` itself is such a string).
+pub fn nul_in_json(value: &Value) -> Option<String> {
+    match value {
+        Value::String(s) if s.contains('\0') => Some(String::new()),
+        Value::Object(map) => map.iter().find_map(|(k, v)| {
+            if k.contains('\0') {
+                return Some(k.escape_default().to_string());
+            }
+            nul_in_json(v).map(|rest| join_path(k, &rest))
+        }),
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, v)| nul_in_json(v).map(|rest| join_path(&i.to_string(), &rest))),
+        _ => None,
+    }
+}
+
+fn join_path(head: &str, rest: &str) -> String {
+    if rest.is_empty() {
+        head.to_string()
+    } else {
+        format!("{head}.{rest}")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -89,7 +119,14 @@ mod tests {
         assert_eq!(check("ünïcode names ok"), Ok(()));
         assert_eq!(check(""), Err(NameError::Empty));
         assert_eq!(check("  "), Err(NameError::Empty));
-        for bad in ["a\0b", "a\nb", "a\tb", "a\u{1b}[31mred", "\u{7f}", "a\u{85}"] {
+        for bad in [
+            "a\0b",
+            "a\nb",
+            "a\tb",
+            "a\u{1b}[31mred",
+            "\u{7f}",
+            "a\u{85}",
+        ] {
             assert!(
                 matches!(check(bad), Err(NameError::ControlCharacter { .. })),
                 "{bad:?}"
@@ -111,6 +148,17 @@ mod tests {
             );
         }
         assert_eq!(check_manual_run_id(""), Err(NameError::Empty));
+    }
+
+    #[test]
+    fn nul_characters_in_json_are_found_with_their_path() {
+        use serde_json::json;
+        assert_eq!(
+            nul_in_json(&json!({"a": ["x", {"b": "y\u{0}"}]})),
+            Some("a.1.b".into())
+        );
+        assert_eq!(nul_in_json(&json!({"k\u{0}": 1})), Some("k\\u{0}".into()));
+        assert_eq!(nul_in_json(&json!({"a": "fine", "n": 1})), None);
     }
 
     #[test]

@@ -2,9 +2,13 @@
 //! definitions, the database, trigger identity and every CLI listing keep the reference, never
 //! the value, and only the triggerer process resolves it, just before it builds the trigger.
 //! Literal values under sensitive keys (passwords, tokens, …) are masked wherever kwargs are
-//! shown. This module owns that vocabulary; it must not read or write the database.
+//! shown, and so is the password of a URI's userinfo (`scheme://user:***@host`). A
+//! [`Scrubber`], built from a trigger's kwargs each time it starts, takes the secrets back out
+//! of whatever error text a source library made of them before that text is stored or logged.
+//! This module owns that vocabulary; it must not read or write the database.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
+use std::ops::Range;
 
 use serde_json::{Map, Value};
 use thiserror::Error;
@@ -155,9 +159,10 @@ impl Placeholders {
                     ENV_KEY.to_string(),
                     Value::String(name.clone()),
                 )]))),
+                // The rest of the value may be a URI with a literal password in it.
                 None if s.contains(PLACEHOLDER_PREFIX) => Err(SecretError::Embedded {
                     path: path.join("."),
-                    value: s.clone(),
+                    value: redact_uri(s),
                 }),
                 None => Ok(v.clone()),
             })
@@ -166,12 +171,14 @@ impl Placeholders {
 }
 
 /// Whether a kwarg or client-setting name holds a secret (Airflow's sensitive field names,
-/// plus librdkafka's and AWS's).
+/// plus librdkafka's and AWS's), also when one of the longer words is misspelt by one letter
+/// (`sasl.pasword`, `client.secert`): a typo'd key still holds the secret it was meant for.
 pub fn is_sensitive(key: &str) -> bool {
     let key = key.to_ascii_lowercase();
     [
         "password",
         "passwd",
+        "passphrase",
         "secret",
         "token",
         "credential",
@@ -184,6 +191,38 @@ pub fn is_sensitive(key: &str) -> bool {
     ]
     .iter()
     .any(|word| key.contains(word))
+        || TYPO_PRONE.iter().any(|word| contains_near(&key, word))
+}
+
+/// Words long enough that one letter off is still unmistakably them (`token` is not: one off
+/// is `taken`; nor `passwd`: `passed`).
+const TYPO_PRONE: &[&str] = &["password", "passphrase", "secret", "credential"];
+
+/// Whether some part of `text` is at most one edit (insertion, deletion, substitution or
+/// swap of neighbours) from `word`.
+fn contains_near(text: &str, word: &str) -> bool {
+    let text: Vec<char> = text.chars().collect();
+    let word: Vec<char> = word.chars().collect();
+    (word.len() - 1..=word.len() + 1)
+        .any(|len| len <= text.len() && text.windows(len).any(|part| within_one_edit(part, &word)))
+}
+
+fn within_one_edit(a: &[char], b: &[char]) -> bool {
+    let (short, long) = if a.len() <= b.len() { (a, b) } else { (b, a) };
+    let prefix = short.iter().zip(long).take_while(|(x, y)| x == y).count();
+    match long.len() - short.len() {
+        0 => {
+            let suffix = short.len() - prefix;
+            suffix <= 1
+                || short[prefix + 1..] == long[prefix + 1..]
+                || (suffix >= 2
+                    && short[prefix] == long[prefix + 1]
+                    && short[prefix + 1] == long[prefix]
+                    && short[prefix + 2..] == long[prefix + 2..])
+        }
+        1 => short[prefix..] == long[prefix + 1..],
+        _ => false,
+    }
 }
 
 /// Whether `value`, found at `path`, is a literal secret: a non-empty scalar under a
@@ -197,8 +236,9 @@ fn is_literal_secret(value: &Value, path: &[String]) -> bool {
     scalar && path.last().is_some_and(|key| is_sensitive(key))
 }
 
-/// Kwargs for display: literal values under sensitive keys become [`MASK`]; references stay
-/// (a variable's name is not a secret).
+/// Kwargs for display: literal values under sensitive keys become [`MASK`], and so does the
+/// password of every URI in a string value; references stay (a variable's name is not a
+/// secret).
 pub fn mask(kwargs: &Value) -> Value {
     let masked: Result<Value, std::convert::Infallible> =
         rewrite(kwargs, &mut Vec::new(), &mut |v, path| {
@@ -206,6 +246,8 @@ pub fn mask(kwargs: &Value) -> Value {
                 Some(Ok(v.clone()))
             } else if is_literal_secret(v, path) {
                 Some(Ok(Value::String(MASK.into())))
+            } else if let Value::String(s) = v {
+                Some(Ok(Value::String(redact_uri(s))))
             } else {
                 None
             }
@@ -225,6 +267,213 @@ pub fn literal_secrets(kwargs: &Value) -> Vec<String> {
             None
         });
     found
+}
+
+/// Paths of literal string values holding a URI with a password in its userinfo
+/// (`kafka://user:pw@host/…`, `http://user:pw@host`): stored in the database as written, like
+/// [`literal_secrets`], which already names those under a sensitive key (not repeated here).
+pub fn uri_credentials(kwargs: &Value) -> Vec<String> {
+    let mut found = Vec::new();
+    let _: Result<Value, std::convert::Infallible> =
+        rewrite(kwargs, &mut Vec::new(), &mut |v, path| {
+            if let Value::String(s) = v {
+                if !is_literal_secret(v, path) && !uri_passwords(s).is_empty() {
+                    found.push(path.join("."));
+                }
+            }
+            None
+        });
+    found
+}
+
+/// Where the userinfo passwords are in `text`: for every `://`, what lies between the first
+/// `:` and the last `@` before the URI ends (at whitespace, a quote, or the next `://`), when
+/// there is such a `:`. Passwords are often written unencoded, and generated ones hold `/`
+/// (base64) or `@`, so the URI's own end, not the authority's, bounds the search: a URI with a
+/// `:` and an `@` in its path (`http://h:80/x@y`) is masked more than needed, never less.
+/// Several URIs in one string (`a://u:p@h1,b://u:q@h2`) each count.
+fn uri_passwords(text: &str) -> Vec<Range<usize>> {
+    let mut found = Vec::new();
+    let mut from = 0;
+    while let Some(i) = text[from..].find("://") {
+        let start = from + i + 3;
+        let rest = &text[start..];
+        let mut end = rest
+            .find(|c: char| matches!(c, '"' | '\'' | '`' | '<' | '>') || c.is_whitespace())
+            .unwrap_or(rest.len());
+        if let Some(next) = rest[..end].find("://") {
+            end = next;
+        }
+        if let Some(at) = rest[..end].rfind('@') {
+            if let Some(colon) = rest[..at].find(':') {
+                if colon + 1 < at {
+                    found.push(start + colon + 1..start + at);
+                }
+            }
+        }
+        from = start;
+    }
+    found
+}
+
+/// `text` with the password of every URI in it shown as [`MASK`]:
+/// `postgres://u:secret@h/db` → `postgres://u:***@h/db`; the user and host stay, so the
+/// value still says where it points.
+pub fn redact_uri(text: &str) -> String {
+    let ranges = uri_passwords(text);
+    if ranges.is_empty() {
+        return text.to_string();
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut last = 0;
+    for range in ranges {
+        out.push_str(&text[last..range.start]);
+        out.push_str(MASK);
+        last = range.end;
+    }
+    out.push_str(&text[last..]);
+    out
+}
+
+/// Shortest secret a [`Scrubber`] removes from text. A one- to three-character value (`on`, a
+/// digit, `abc`) also occurs inside ordinary words, numbers and hosts: replacing it everywhere
+/// would turn every error into noise, while a secret that short is found by guessing anyway.
+pub const MIN_SCRUBBED_LEN: usize = 4;
+
+/// Removes one trigger's secrets from error and warning text before it is stored, logged or
+/// printed. Libraries echo a setting they refuse (`Unsupported value "…" for configuration
+/// property "ssl.key.password"`), and a key with a typo (`sasl.pasword`) defeats any key-based
+/// detection, so it removes:
+/// - every value an environment reference resolved to, whatever its key;
+/// - every literal value under a sensitive key (or inside a table or list under one);
+/// - every URI userinfo password in any string value;
+///
+/// each also as it appears percent-decoded, percent-encoded and quoted-escaped, and then
+/// masks the password of any URI left in the text itself.
+#[derive(Debug, Clone, Default)]
+pub struct Scrubber {
+    /// Longest first, so a secret that contains another is replaced whole.
+    secrets: Vec<String>,
+}
+
+impl Scrubber {
+    /// The scrubber for one start of a trigger: `stored` are its kwargs as in the database
+    /// (with references), `resolved` what [`resolve`] made of them. When resolving failed,
+    /// pass `stored` twice: the literal secrets still count.
+    pub fn new(stored: &Value, resolved: &Value) -> Self {
+        let mut found = Vec::new();
+        collect_secrets(stored, resolved, false, &mut found);
+        let mut forms: BTreeSet<String> = BTreeSet::new();
+        for secret in &found {
+            forms.extend(
+                spellings(secret)
+                    .into_iter()
+                    .filter(|s| s.chars().count() >= MIN_SCRUBBED_LEN),
+            );
+        }
+        let mut secrets: Vec<String> = forms.into_iter().collect();
+        secrets.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
+        Self { secrets }
+    }
+
+    /// `text` with every secret replaced by [`MASK`].
+    pub fn scrub(&self, text: &str) -> String {
+        let mut out = text.to_string();
+        for secret in &self.secrets {
+            if out.contains(secret.as_str()) {
+                out = out.replace(secret.as_str(), MASK);
+            }
+        }
+        redact_uri(&out)
+    }
+}
+
+/// Walks the stored kwargs beside the resolved ones (they differ only where a reference was),
+/// pushing every secret value. `sensitive`: a key above this node is sensitive.
+fn collect_secrets(stored: &Value, resolved: &Value, sensitive: bool, out: &mut Vec<String>) {
+    if env_reference(stored).is_some() {
+        if let Value::String(s) = resolved {
+            out.push(s.clone());
+            out.extend(uri_passwords(s).into_iter().map(|r| s[r].to_string()));
+        }
+        return;
+    }
+    match (stored, resolved) {
+        (Value::Object(stored), Value::Object(resolved)) => {
+            for (key, value) in stored {
+                if let Some(resolved) = resolved.get(key) {
+                    collect_secrets(value, resolved, sensitive || is_sensitive(key), out);
+                }
+            }
+        }
+        (Value::Array(stored), Value::Array(resolved)) => {
+            for (value, resolved) in stored.iter().zip(resolved) {
+                collect_secrets(value, resolved, sensitive, out);
+            }
+        }
+        (_, Value::String(s)) => {
+            if sensitive {
+                out.push(s.clone());
+            }
+            out.extend(uri_passwords(s).into_iter().map(|r| s[r].to_string()));
+        }
+        (_, Value::Number(n)) if sensitive => out.push(n.to_string()),
+        _ => {}
+    }
+}
+
+/// The ways a library may print `secret`: as it is, percent-decoded (a URI password the
+/// library decoded), percent-encoded (one it put in a URL), and escaped inside quotes (Rust's
+/// `{:?}`, JSON).
+fn spellings(secret: &str) -> Vec<String> {
+    let mut forms = vec![secret.to_string(), percent_encode(secret)];
+    if let Some(decoded) = percent_decode(secret) {
+        forms.push(decoded);
+    }
+    let debug = format!("{secret:?}");
+    forms.push(debug[1..debug.len() - 1].to_string());
+    if let Ok(json) = serde_json::to_string(secret) {
+        forms.push(json[1..json.len() - 1].to_string());
+    }
+    forms
+}
+
+fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// `None` when `s` has no valid escape or decodes to something other than UTF-8.
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut changed = false;
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| char::from(b).to_digit(16);
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                out.push(u8::try_from(h * 16 + l).ok()?);
+                changed = true;
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    if changed {
+        String::from_utf8(out).ok()
+    } else {
+        None
+    }
 }
 
 #[cfg(test)]
@@ -340,5 +589,216 @@ mod tests {
                 "kafka_config.sasl.password"
             ]
         );
+    }
+
+    #[test]
+    fn uri_passwords_are_masked_for_display() {
+        assert_eq!(
+            redact_uri("postgres://u:secret@h/db"),
+            "postgres://u:***@h/db"
+        );
+        assert_eq!(redact_uri("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(redact_uri("sqlite://x.db"), "sqlite://x.db");
+        assert_eq!(redact_uri("no uri here: a:b@c"), "no uri here: a:b@c");
+        // An unencoded `@` in the password: the host is after the last one.
+        assert_eq!(
+            redact_uri("kafka://u:p@ss@h:9092/t"),
+            "kafka://u:***@h:9092/t"
+        );
+        // Unencoded `/` (base64) in the password.
+        assert_eq!(redact_uri("http://u:ab/c+d=@h:1/x"), "http://u:***@h:1/x");
+        // An `@` in the path, no userinfo.
+        assert_eq!(redact_uri("http://h/a@b"), "http://h/a@b");
+        // Every URI of a list, and inside running text.
+        assert_eq!(
+            redact_uri("sasl://u:p1@h1,sasl://u:p2@h2"),
+            "sasl://u:***@h1,sasl://u:***@h2"
+        );
+        assert_eq!(
+            redact_uri("cannot reach `http://svc:hunter2@127.0.0.1:5000`: refused"),
+            "cannot reach `http://svc:***@127.0.0.1:5000`: refused"
+        );
+        // An empty password has nothing to hide.
+        assert_eq!(redact_uri("http://u:@h"), "http://u:@h");
+    }
+
+    #[test]
+    fn masking_hides_uri_passwords_anywhere_and_sync_can_name_them() {
+        let kwargs = json!({
+            "endpoint_url": "http://svc:hunter2@127.0.0.1:5000",
+            "queue": "kafka://u:pw@b:9092/t",
+            "list": ["https://a:b@h/x", "plain"],
+            "db_password": "postgres://u:pw@h/db",
+            "sqs_queue": {"env": "Q"}
+        });
+        assert_eq!(
+            mask(&kwargs),
+            json!({
+                "endpoint_url": "http://svc:***@127.0.0.1:5000",
+                "queue": "kafka://u:***@b:9092/t",
+                "list": ["https://a:***@h/x", "plain"],
+                "db_password": MASK,
+                "sqs_queue": {"env": "Q"}
+            })
+        );
+        let mut found = uri_credentials(&kwargs);
+        found.sort();
+        // `db_password` is a literal secret already: `literal_secrets` names it.
+        assert_eq!(found, vec!["endpoint_url", "list.0", "queue"]);
+        assert_eq!(literal_secrets(&kwargs), vec!["db_password"]);
+    }
+
+    fn scrubber_for(stored: &Value, vars: &[(&str, &str)]) -> Scrubber {
+        let resolved = resolve(stored, env(vars)).expect("resolves");
+        Scrubber::new(stored, &resolved)
+    }
+
+    #[test]
+    fn the_scrubber_removes_referenced_values_whatever_their_key() {
+        let stored = json!({
+            "kafka_config": {
+                // A typo: no key-based rule sees it, but it came from the environment.
+                "sasl.pasword": {"env": "TYPO"},
+                "ssl.key.password": {"env": "KEY_PASS"},
+                "acks": "all"
+            },
+            "bootstrap_servers": "b:9092"
+        });
+        let scrubber = scrubber_for(
+            &stored,
+            &[("TYPO", "c4n4ry-typo"), ("KEY_PASS", "k3y-p4ss")],
+        );
+        let text = "Client config error: No such configuration property: \"sasl.pasword\" \
+                    sasl.pasword c4n4ry-typo; Unsupported value \"k3y-p4ss\" for \
+                    configuration property \"ssl.key.password\" (acks all, b:9092)";
+        let scrubbed = scrubber.scrub(text);
+        assert!(
+            !scrubbed.contains("c4n4ry-typo") && !scrubbed.contains("k3y-p4ss"),
+            "{scrubbed}"
+        );
+        assert!(scrubbed.contains("sasl.pasword ***;"), "{scrubbed}");
+        // What is not secret stays readable.
+        assert!(scrubbed.contains("acks all, b:9092"), "{scrubbed}");
+    }
+
+    #[test]
+    fn the_scrubber_removes_literal_secrets_and_uri_passwords() {
+        let stored = json!({
+            "kafka_config": {"sasl.password": "l1teral-pw", "sasl.username": "svc-user"},
+            "aws": {"credentials": {"id": "n3sted-id"}, "pin_token": 98765},
+            "endpoint_url": "http://svc:ur1-p%40ss@127.0.0.1:5000",
+            "from_env": {"env": "URL"}
+        });
+        let scrubber = scrubber_for(&stored, &[("URL", "http://u:env-uri-pw@h:1")]);
+        for (secret, text) in [
+            ("l1teral-pw", "auth failed for password l1teral-pw"),
+            ("n3sted-id", "bad id n3sted-id"),
+            ("98765", "token 98765 refused"),
+            // The library decoded the password, or printed it on its own.
+            ("ur1-p@ss", "login ur1-p@ss refused"),
+            ("ur1-p%40ss", "password ur1-p%40ss refused"),
+            ("env-uri-pw", "password env-uri-pw refused"),
+            (
+                "http://u:env-uri-pw@h:1",
+                "cannot reach http://u:env-uri-pw@h:1",
+            ),
+        ] {
+            let scrubbed = scrubber.scrub(text);
+            assert!(!scrubbed.contains(secret), "{secret} in {scrubbed}");
+            assert!(scrubbed.contains(MASK), "{scrubbed}");
+        }
+        // Not a secret: the user name.
+        assert_eq!(scrubber.scrub("user svc-user"), "user svc-user");
+        // A URI password in the error text itself is masked though it is in no kwarg.
+        assert_eq!(
+            scrubber.scrub("redirected to https://x:other@h/"),
+            "redirected to https://x:***@h/"
+        );
+    }
+
+    #[test]
+    fn the_scrubber_catches_quoted_and_encoded_spellings() {
+        let stored = json!({"p": {"env": "P"}});
+        let scrubber = scrubber_for(&stored, &[("P", "we\"ird pa/ss")]);
+        for text in [
+            "value we\"ird pa/ss",
+            "value \"we\\\"ird pa/ss\"", // {:?} and JSON escape the quote
+            "url ?p=we%22ird%20pa%2Fss",
+        ] {
+            let scrubbed = scrubber.scrub(text);
+            assert!(!scrubbed.contains("ird pa"), "{text} -> {scrubbed}");
+            assert!(!scrubbed.contains("ird%20pa"), "{text} -> {scrubbed}");
+        }
+    }
+
+    #[test]
+    fn very_short_secrets_are_not_scrubbed() {
+        let stored = json!({"a": {"env": "A"}, "password": "xyz", "token": "abcd"});
+        let scrubber = scrubber_for(&stored, &[("A", "on")]);
+        // `on`, `xyz` would turn ordinary words into `***`: below MIN_SCRUBBED_LEN.
+        assert_eq!(
+            scrubber.scrub("connection refused, xyz"),
+            "connection refused, xyz"
+        );
+        assert_eq!(scrubber.scrub("token abcd"), "token ***");
+    }
+
+    #[test]
+    fn a_failed_resolution_still_scrubs_literals() {
+        let stored = json!({"password": "l1teral-pw", "other": {"env": "UNSET"}});
+        let scrubber = Scrubber::new(&stored, &stored);
+        assert_eq!(scrubber.scrub("pw l1teral-pw"), "pw ***");
+        // The reference itself is a name, not a value.
+        assert_eq!(scrubber.scrub("UNSET is not set"), "UNSET is not set");
+    }
+
+    #[test]
+    fn a_secret_containing_another_is_replaced_whole() {
+        let stored = json!({"a": {"env": "A"}, "b": {"env": "B"}});
+        let scrubber = scrubber_for(&stored, &[("A", "abcd"), ("B", "abcdefgh")]);
+        assert_eq!(scrubber.scrub("x abcdefgh y abcd"), "x *** y ***");
+    }
+
+    #[test]
+    fn a_spliced_reference_error_masks_uri_passwords() {
+        let (_, placeholders) = with_placeholders(&json!({"p": {"env": "P"}})).expect("ok");
+        let err = placeholders
+            .restore(&json!({"q": "kafka://u:pw@${env:P}/t"}))
+            .expect_err("embedded");
+        assert!(!err.to_string().contains(":pw@"), "{err}");
+    }
+
+    #[test]
+    fn sensitive_keys_survive_one_typo() {
+        for key in [
+            "sasl.pasword",
+            "sasl.passowrd",
+            "ssl.keystore.pasword",
+            "sasl.oauthbearer.client.secert",
+            "aws_secrte_access_key",
+            "credentail",
+            "ssl_key_passphrse",
+            "dbPassw0rd",
+        ] {
+            assert!(is_sensitive(key), "{key}");
+        }
+        for key in [
+            "topics",
+            "bootstrap_servers",
+            "sasl.username",
+            "group_id",
+            "messages_passed",
+            "taken",
+            "secure",
+            "session.timeout.ms",
+        ] {
+            assert!(!is_sensitive(key), "{key}");
+        }
+        let kwargs = json!({"kafka_config": {"sasl.pasword": "l1teral-pw"}});
+        assert_eq!(
+            mask(&kwargs),
+            json!({"kafka_config": {"sasl.pasword": MASK}})
+        );
+        assert_eq!(literal_secrets(&kwargs), vec!["kafka_config.sasl.pasword"]);
     }
 }

@@ -159,7 +159,10 @@ fn syncs_that_would_remove_everything_are_refused_and_change_nothing() {
         (&other, "would remove every asset and DAG"),
     ] {
         let err = env.fails(&["dags", "sync", target.to_str().unwrap()]);
-        assert!(err.contains(expected) && err.contains("--allow-empty"), "{err}");
+        assert!(
+            err.contains(expected) && err.contains("--allow-empty"),
+            "{err}"
+        );
     }
     assert_eq!(env.names("dags", "dag_id"), ["by_hand", "on_orders"]);
     assert_eq!(env.names("assets", "name"), ["orders"]);
@@ -215,15 +218,33 @@ fn dags_watch_syncs_once_per_real_change_and_sighup_reloads() {
     std::fs::create_dir_all(&dags).unwrap();
     let file = common::write_file(&dags, "dags.toml", TWO_DAGS);
     let mut child = env.serve(&dags, &[], "serve.log");
-    env.wait_for_log("serve.log", "definitions synced", 1, Duration::from_secs(20));
+    env.wait_for_log(
+        "serve.log",
+        "definitions synced",
+        1,
+        Duration::from_secs(20),
+    );
 
     // One edit: one re-sync, and none after it (each sync reading the files used to start
     // the next, forever).
     std::fs::write(&file, format!("{TWO_DAGS}\n[[dag]]\ndag_id = \"third\"\n")).unwrap();
-    env.wait_for_log("serve.log", "definitions re-synced", 1, Duration::from_secs(20));
+    env.wait_for_log(
+        "serve.log",
+        "definitions re-synced",
+        1,
+        Duration::from_secs(20),
+    );
     std::thread::sleep(Duration::from_secs(3));
-    assert_eq!(env.log("serve.log").matches("definitions re-synced").count(), 1);
-    assert_eq!(env.names("dags", "dag_id"), ["by_hand", "on_orders", "third"]);
+    assert_eq!(
+        env.log("serve.log")
+            .matches("definitions re-synced")
+            .count(),
+        1
+    );
+    assert_eq!(
+        env.names("dags", "dag_id"),
+        ["by_hand", "on_orders", "third"]
+    );
 
     // Rewritten with the same content, or truncated and rewritten at once: nothing written,
     // nothing deactivated meanwhile.
@@ -233,20 +254,43 @@ fn dags_watch_syncs_once_per_real_change_and_sighup_reloads() {
     std::thread::sleep(Duration::from_millis(50));
     std::fs::write(&file, &text).unwrap();
     std::thread::sleep(Duration::from_secs(3));
-    assert_eq!(env.log("serve.log").matches("definitions re-synced").count(), 1);
+    assert_eq!(
+        env.log("serve.log")
+            .matches("definitions re-synced")
+            .count(),
+        1
+    );
     assert_eq!(env.names("dags", "dag_id").len(), 3);
 
     // Emptied for good: refused, the definitions stay.
     std::fs::write(&file, "").unwrap();
-    env.wait_for_log("serve.log", "would remove every asset and DAG", 1, Duration::from_secs(20));
+    env.wait_for_log(
+        "serve.log",
+        "would remove every asset and DAG",
+        1,
+        Duration::from_secs(20),
+    );
     assert_eq!(env.names("dags", "dag_id").len(), 3);
     std::fs::write(&file, &text).unwrap();
 
     // SIGHUP re-syncs even without a change, and the process goes on.
     send(&child, "HUP");
-    env.wait_for_log("serve.log", "SIGHUP: re-syncing", 1, Duration::from_secs(10));
-    env.wait_for_log("serve.log", "definitions re-synced", 2, Duration::from_secs(20));
-    assert!(child.0.try_wait().unwrap().is_none(), "SIGHUP must not stop it");
+    env.wait_for_log(
+        "serve.log",
+        "SIGHUP: re-syncing",
+        1,
+        Duration::from_secs(10),
+    );
+    env.wait_for_log(
+        "serve.log",
+        "definitions re-synced",
+        2,
+        Duration::from_secs(20),
+    );
+    assert!(
+        child.0.try_wait().unwrap().is_none(),
+        "SIGHUP must not stop it"
+    );
 
     // SIGTERM still stops it cleanly.
     send(&child, "TERM");
@@ -269,7 +313,12 @@ fn sighup_without_dags_is_logged_and_ignored() {
     );
     env.wait_for_log("run.log", "triggerer started", 1, Duration::from_secs(20));
     send(&child, "HUP");
-    env.wait_for_log("run.log", "SIGHUP: nothing to reload", 1, Duration::from_secs(10));
+    env.wait_for_log(
+        "run.log",
+        "SIGHUP: nothing to reload",
+        1,
+        Duration::from_secs(10),
+    );
     assert!(child.0.try_wait().unwrap().is_none());
     send(&child, "TERM");
     assert_eq!(wait_exit(&mut child, Duration::from_secs(30)), Some(0));
@@ -299,8 +348,22 @@ fn reserved_or_empty_run_ids_and_dedup_keys_are_refused() {
 }
 
 #[test]
-fn control_characters_are_refused_in_names_and_escaped_in_output() {
-    let env = Env::new();
+fn control_characters_are_refused_in_names_and_escaped_in_output_sqlite() {
+    control_characters_are_refused_in_names_and_escaped_in_output(Env::new());
+}
+
+/// PostgreSQL refused a NUL with a raw driver error and no `file:line`.
+#[cfg(feature = "integration")]
+#[test]
+fn control_characters_are_refused_in_names_and_escaped_in_output_postgres() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (store, db_url) = runtime.block_on(common::postgres_store());
+    runtime.block_on(store.close());
+    let dir = tempfile::tempdir().expect("temp dir");
+    control_characters_are_refused_in_names_and_escaped_in_output(Env { dir, db_url });
+}
+
+fn control_characters_are_refused_in_names_and_escaped_in_output(env: Env) {
     for (text, line) in [
         ("[[asset]]\nname = \"a\\u001b[31mred\"\n", 2),
         ("\n[[dag]]\ndag_id = \"two\\nlines\"\n", 3),
@@ -327,10 +390,25 @@ fn control_characters_are_refused_in_names_and_escaped_in_output() {
     // Text from elsewhere (an event's extra) is escaped in tables; JSON escapes by itself.
     let defs = common::write_file(env.dir.path(), "dags.toml", TWO_DAGS);
     env.ok(&["dags", "sync", defs.to_str().unwrap()]);
-    env.ok(&["assets", "emit", "orders", "--extra", r#"{"note": "\u001b[2J\nforged"}"#]);
+    env.ok(&[
+        "assets",
+        "emit",
+        "orders",
+        "--extra",
+        r#"{"note": "\u001b[2J\nforged"}"#,
+    ]);
     let table = env.ok(&["assets", "events"]);
     assert!(!table.contains('\u{1b}'), "{table:?}");
     assert_eq!(table.lines().count(), 2, "one header, one row: {table}");
+    let err = env.fails(&[
+        "assets",
+        "emit",
+        "orders",
+        "--extra",
+        r#"{"a": ["x\u0000y"]}"#,
+    ]);
+    assert!(err.contains("`a.0` holds a NUL character"), "{err}");
+    assert_eq!(env.json(&["assets", "events", "--json"]).len(), 1);
 }
 
 #[test]
@@ -350,21 +428,53 @@ fn smaller_traps_give_clear_errors() {
     assert!(err.contains("DAG `nosuch` not found"), "{err}");
 
     // An integer JSON cannot keep exactly is refused, not rounded.
-    let err = env.fails(&["assets", "emit", "orders", "--extra", r#"{"id": 123456789012345678901234567890}"#]);
+    let err = env.fails(&[
+        "assets",
+        "emit",
+        "orders",
+        "--extra",
+        r#"{"id": 123456789012345678901234567890}"#,
+    ]);
     assert!(err.contains("too large to keep exactly"), "{err}");
-    env.ok(&["assets", "emit", "orders", "--extra", r#"{"id": 9007199254740993, "f": 1.5e300, "s": "123456789012345678901234567890"}"#]);
+    env.ok(&[
+        "assets",
+        "emit",
+        "orders",
+        "--extra",
+        r#"{"id": 9007199254740993, "f": 1.5e300, "s": "123456789012345678901234567890"}"#,
+    ]);
     let events = env.json(&["assets", "events", "--json"]);
     assert_eq!(events[0]["extra"]["id"], 9007199254740993u64);
 
     // A backfill starting before start_date says where it really starts.
-    let out = env.ok(&["dags", "backfill", "daily", "--from", "2025-01-01T00:00:00Z", "--to", "2025-01-12T00:00:00Z"]);
-    assert!(out.contains("--from is before the DAG's start_date; starting at 2025-01-10"), "{out}");
+    let out = env.ok(&[
+        "dags",
+        "backfill",
+        "daily",
+        "--from",
+        "2025-01-01T00:00:00Z",
+        "--to",
+        "2025-01-12T00:00:00Z",
+    ]);
+    assert!(
+        out.contains("--from is before the DAG's start_date; starting at 2025-01-10"),
+        "{out}"
+    );
     let runs = env.json(&["runs", "list", "--dag", "daily", "--json"]);
     assert!(
-        runs.iter().all(|r| r["logical_date"].as_str().unwrap() >= "2025-01-10"),
+        runs.iter()
+            .all(|r| r["logical_date"].as_str().unwrap() >= "2025-01-10"),
         "{runs:?}"
     );
-    let err = env.fails(&["dags", "backfill", "daily", "--from", "2024-01-01T00:00:00Z", "--to", "2024-02-01T00:00:00Z"]);
+    let err = env.fails(&[
+        "dags",
+        "backfill",
+        "daily",
+        "--from",
+        "2024-01-01T00:00:00Z",
+        "--to",
+        "2024-02-01T00:00:00Z",
+    ]);
     assert!(err.contains("ends before the DAG's start_date"), "{err}");
 
     // `sqlite://` with no path is refused instead of half-working.
@@ -381,12 +491,19 @@ fn smaller_traps_give_clear_errors() {
     // each cause once.
     let out = Command::new(BIN)
         .args(["dags", "list"])
-        .env("TRIGGERER_DATABASE_URL", "postgres://postgres@127.0.0.1:1/none")
+        .env(
+            "TRIGGERER_DATABASE_URL",
+            "postgres://postgres@127.0.0.1:1/none",
+        )
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1));
     assert!(err.to_lowercase().contains("connection refused"), "{err}");
     assert!(!err.contains("pool timed out"), "{err}");
-    assert_eq!(err.to_lowercase().matches("connection refused").count(), 1, "{err}");
+    assert_eq!(
+        err.to_lowercase().matches("connection refused").count(),
+        1,
+        "{err}"
+    );
 }

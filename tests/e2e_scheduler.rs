@@ -292,17 +292,21 @@ fn manual_and_backfill_runs_from_the_cli() {
         "--from",
         "2024-12-01T00:00:00Z",
         "--to",
-        "2024-12-31T00:00:00Z",
+        "2025-01-31T00:00:00Z",
     ]);
-    assert!(out.contains("31 run(s) created"), "{out}");
+    // The DAG starts on 2025-01-01: the backfill says so and starts there.
+    assert!(
+        out.contains("starting at 2025-01-01") && out.contains("31 run(s) created"),
+        "{out}"
+    );
     let out = cli.ok(&[
         "dags",
         "backfill",
         "trigger_latest",
         "--from",
-        "2024-12-01T00:00:00Z",
+        "2025-01-01T00:00:00Z",
         "--to",
-        "2024-12-31T00:00:00Z",
+        "2025-01-31T00:00:00Z",
     ]);
     assert!(
         out.contains("0 run(s) created") && out.contains("31 skipped"),

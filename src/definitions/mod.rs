@@ -452,10 +452,9 @@ fn validate(sources: &[Source], registry: &ProviderRegistry) -> Result<SyncPlan,
                 let wname = w.name.get_ref().trim().to_string();
                 let ctx = format!("asset `{name}`, watcher `{wname}`");
                 if let Err(e) = names::check(&wname) {
-                    errors.push(source.error(
-                        w.name.span(),
-                        format!("asset `{name}`: watcher `name` {e}"),
-                    ));
+                    errors.push(
+                        source.error(w.name.span(), format!("asset `{name}`: watcher `name` {e}")),
+                    );
                     continue;
                 }
                 if let Some(line) = watcher_names.get(&wname) {
@@ -499,7 +498,7 @@ fn validate(sources: &[Source], registry: &ProviderRegistry) -> Result<SyncPlan,
                         continue;
                     }
                 };
-                if let Some(path) = nul_in_strings(&kwargs) {
+                if let Some(path) = names::nul_in_json(&kwargs) {
                     errors.push(source.error(
                         kwargs_span.clone(),
                         format!("{ctx}: kwargs `{path}` must not contain a NUL character"),
@@ -653,33 +652,6 @@ fn validate(sources: &[Source], registry: &ProviderRegistry) -> Result<SyncPlan,
     } else {
         errors.sort_by(|a, b| (&a.file, a.line).cmp(&(&b.file, b.line)));
         Err(DefinitionErrors(errors))
-    }
-}
-
-/// The path of the first string (or key) in `value` holding a NUL, which PostgreSQL cannot
-/// store in JSON.
-fn nul_in_strings(value: &Value) -> Option<String> {
-    match value {
-        Value::String(s) if s.contains('\0') => Some(String::new()),
-        Value::Object(map) => map.iter().find_map(|(k, v)| {
-            if k.contains('\0') {
-                return Some(k.escape_default().to_string());
-            }
-            nul_in_strings(v).map(|rest| join_path(k, &rest))
-        }),
-        Value::Array(items) => items
-            .iter()
-            .enumerate()
-            .find_map(|(i, v)| nul_in_strings(v).map(|rest| join_path(&i.to_string(), &rest))),
-        _ => None,
-    }
-}
-
-fn join_path(head: &str, rest: &str) -> String {
-    if rest.is_empty() {
-        head.to_string()
-    } else {
-        format!("{head}.{rest}")
     }
 }
 

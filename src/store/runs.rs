@@ -283,13 +283,12 @@ impl Store {
     /// [`StoreError::Conflict`] naming which.
     pub async fn create_manual_run(&self, run: &ManualRun) -> Result<String> {
         if let Some(id) = &run.run_id {
-            crate::names::check_manual_run_id(id)
-                .map_err(|e| {
-                    StoreError::Invalid(format!(
-                        "run id `{}`: {e}",
-                        crate::names::escape_control(id)
-                    ))
-                })?;
+            crate::names::check_manual_run_id(id).map_err(|e| {
+                StoreError::Invalid(format!(
+                    "run id `{}`: {e}",
+                    crate::names::escape_control(id)
+                ))
+            })?;
         }
         let now = crate::time::now();
         let run_after = run.logical_date.unwrap_or(now);

@@ -61,7 +61,10 @@ pub enum SlotOutcome {
     AlreadyExisted,
     /// Another run (of `run_type`) already has the slot's run id: the slot was skipped and moved
     /// on, with no run for it.
-    RunIdTaken { run_id: String, run_type: String },
+    RunIdTaken {
+        run_id: String,
+        run_type: String,
+    },
     /// Another scheduler holds the DAG, it was paused, or the slot changed meanwhile.
     Skipped,
     /// `max_active_runs` is reached.
@@ -479,7 +482,10 @@ impl Store {
                 .filter(|dag_id| !inserted.contains(*dag_id))
                 .collect();
             if !taken.is_empty() {
-                // Dropping the transaction rolls back the runs inserted so far.
+                // Rolled back here, not by dropping: a dropped PostgreSQL transaction sends its
+                // ROLLBACK only when its connection is next used, so the DAG rows stayed locked
+                // and the one-DAG-at-a-time retry, on another connection, skipped them all.
+                tx.rollback().await?;
                 return Err(StoreError::Conflict(format!(
                     "the scheduled run of {} DAG(s) conflicts with an existing run (first: `{}`)",
                     taken.len(),
