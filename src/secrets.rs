@@ -7,7 +7,7 @@
 //! of whatever error text a source library made of them before that text is stored or logged.
 //! This module owns that vocabulary; it must not read or write the database.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::Range;
 
 use serde_json::{Map, Value};
@@ -386,6 +386,39 @@ impl Scrubber {
         }
         redact_uri(&out)
     }
+}
+
+/// The scrubbers of the triggers running in this process, for text that leaves it another way
+/// than through the supervisor: a panic message, which Rust's hook prints before anyone can
+/// catch it. Registered per trigger start (keyed by the supervisor's start number, so a late
+/// end of an earlier start cannot remove a later one's), removed when that start ends.
+static RUNNING: std::sync::Mutex<BTreeMap<u64, Scrubber>> = std::sync::Mutex::new(BTreeMap::new());
+
+fn running() -> std::sync::MutexGuard<'static, BTreeMap<u64, Scrubber>> {
+    // A panic while the map was held leaves it whole: nothing to repair.
+    RUNNING.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Makes `scrubber` part of [`scrub_running`] while start number `start` runs.
+pub fn register_running(start: u64, scrubber: &Scrubber) {
+    if !scrubber.secrets.is_empty() {
+        running().insert(start, scrubber.clone());
+    }
+}
+
+/// Forgets the scrubber of a start that ended.
+pub fn unregister_running(start: u64) {
+    running().remove(&start);
+}
+
+/// `text` with the secrets of every running trigger removed, and URI passwords masked.
+pub fn scrub_running(text: &str) -> String {
+    let running = running();
+    let mut out = text.to_string();
+    for scrubber in running.values() {
+        out = scrubber.scrub(&out);
+    }
+    redact_uri(&out)
 }
 
 /// Walks the stored kwargs beside the resolved ones (they differ only where a reference was),
@@ -800,5 +833,22 @@ mod tests {
             json!({"kafka_config": {"sasl.pasword": MASK}})
         );
         assert_eq!(literal_secrets(&kwargs), vec!["kafka_config.sasl.pasword"]);
+    }
+
+    #[test]
+    fn running_scrubbers_serve_text_from_outside_the_supervisor() {
+        let stored = json!({"p": {"env": "P"}});
+        let resolved = json!({"p": "canary-running-1"});
+        let scrubber = Scrubber::new(&stored, &resolved);
+        register_running(u64::MAX, &scrubber);
+        assert_eq!(
+            scrub_running("panicked: bad value canary-running-1"),
+            "panicked: bad value ***"
+        );
+        unregister_running(u64::MAX);
+        assert_eq!(
+            scrub_running("canary-running-1 at kafka://u:pw@h"),
+            "canary-running-1 at kafka://u:***@h"
+        );
     }
 }

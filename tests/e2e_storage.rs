@@ -85,12 +85,20 @@ fn fill(dir: &Path) -> PathBuf {
     let mut file = std::fs::File::create(&path).expect("filler");
     let chunk = vec![0u8; 64 * 1024];
     loop {
-        if file.write_all(&chunk).and_then(|_| file.sync_all()).is_err() {
+        if file
+            .write_all(&chunk)
+            .and_then(|_| file.sync_all())
+            .is_err()
+        {
             break;
         }
     }
     // Then the last bytes a 64 KiB chunk did not fit in.
-    while file.write_all(&[0u8; 512]).and_then(|_| file.sync_all()).is_ok() {}
+    while file
+        .write_all(&[0u8; 512])
+        .and_then(|_| file.sync_all())
+        .is_ok()
+    {}
     path
 }
 
@@ -100,7 +108,10 @@ fn wait_until(what: &str, log: &Path, within: Duration, mut done: impl FnMut() -
         if Instant::now() > deadline {
             let log = std::fs::read_to_string(log).unwrap_or_default();
             let tail: Vec<&str> = log.lines().rev().take(40).collect();
-            panic!("timed out waiting for {what}; log, newest first:\n{}", tail.join("\n"));
+            panic!(
+                "timed out waiting for {what}; log, newest first:\n{}",
+                tail.join("\n")
+            );
         }
         std::thread::sleep(Duration::from_millis(250));
     }
@@ -113,9 +124,18 @@ fn events(db_url: &str) -> Vec<Value> {
 fn trigger_state(db_url: &str) -> String {
     let triggers = cli(
         db_url,
-        &["triggers", "list", "--json", "--health-check-threshold", "2"],
+        &[
+            "triggers",
+            "list",
+            "--json",
+            "--health-check-threshold",
+            "2",
+        ],
     );
-    triggers[0]["state"].as_str().unwrap_or_default().to_string()
+    triggers[0]["state"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
 }
 
 #[test]
@@ -140,21 +160,32 @@ fn a_full_disk_pauses_the_heartbeat_and_every_event_is_recorded_once_space_retur
 
     let filler = fill(&disk.path);
     create_files(&incoming, 50..1_050);
-    wait_until("the writer to report the full disk", &log, Duration::from_secs(60), || {
-        std::fs::read_to_string(&log)
-            .unwrap_or_default()
-            .contains("events cannot be committed; heartbeat paused")
-    });
+    wait_until(
+        "the writer to report the full disk",
+        &log,
+        Duration::from_secs(60),
+        || {
+            std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .contains("events cannot be committed; heartbeat paused")
+        },
+    );
     // No heartbeat: after the health threshold others (none here) may take its trigger.
-    wait_until("the trigger to show as orphaned", &log, Duration::from_secs(30), || {
-        trigger_state(&db_url) == "orphaned"
-    });
+    wait_until(
+        "the trigger to show as orphaned",
+        &log,
+        Duration::from_secs(30),
+        || trigger_state(&db_url) == "orphaned",
+    );
     assert!(child.0.try_wait().unwrap().is_none(), "it keeps running");
 
     std::fs::remove_file(filler).expect("free the disk");
-    wait_until("all 1,050 events after space returned", &log, Duration::from_secs(120), || {
-        events(&db_url).len() >= 1_050
-    });
+    wait_until(
+        "all 1,050 events after space returned",
+        &log,
+        Duration::from_secs(120),
+        || events(&db_url).len() >= 1_050,
+    );
     let events = events(&db_url);
     let keys: std::collections::BTreeSet<&str> = events
         .iter()
@@ -162,21 +193,32 @@ fn a_full_disk_pauses_the_heartbeat_and_every_event_is_recorded_once_space_retur
         .collect();
     assert_eq!(events.len(), 1_050, "every event once");
     assert_eq!(keys.len(), 1_050);
-    wait_until("the trigger to run again", &log, Duration::from_secs(30), || {
-        trigger_state(&db_url) == "running"
-    });
+    wait_until(
+        "the trigger to run again",
+        &log,
+        Duration::from_secs(30),
+        || trigger_state(&db_url) == "running",
+    );
     let log_text = std::fs::read_to_string(&log).unwrap();
     assert!(log_text.contains("events commit again; heartbeat resumed"));
-    assert!(!log_text.contains("non-zero transaction depth"), "{log_text}");
+    assert!(
+        !log_text.contains("non-zero transaction depth"),
+        "{log_text}"
+    );
 
     // The scheduler recovered too: the queued events became runs.
-    wait_until("the runs of every event", &log, Duration::from_secs(60), || {
-        let runs = cli(&db_url, &["runs", "list", "--limit", "0", "--json"]);
-        runs.iter()
-            .map(|r| r["consumed_events"].as_array().map_or(0, Vec::len))
-            .sum::<usize>()
-            == 1_050
-    });
+    wait_until(
+        "the runs of every event",
+        &log,
+        Duration::from_secs(60),
+        || {
+            let runs = cli(&db_url, &["runs", "list", "--limit", "0", "--json"]);
+            runs.iter()
+                .map(|r| r["consumed_events"].as_array().map_or(0, Vec::len))
+                .sum::<usize>()
+                == 1_050
+        },
+    );
 
     // And it stops cleanly, handing its trigger back.
     Command::new("kill")
@@ -203,7 +245,10 @@ fn exits_saying(child: &mut KillOnDrop, log: &Path, what: &str) {
     };
     assert_eq!(status.code(), Some(1));
     let log = std::fs::read_to_string(log).unwrap();
-    assert!(log.contains(&format!("was {what} while this process had it open")), "{log}");
+    assert!(
+        log.contains(&format!("was {what} while this process had it open")),
+        "{log}"
+    );
 }
 
 #[test]

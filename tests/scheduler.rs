@@ -524,20 +524,42 @@ where
         "2025-01-02T00:30:00Z",
     )
     .await;
-    let slot = store.dag_timing("a").await.unwrap().next.expect("a next slot");
-    insert(triggerer::timetable::run_id("scheduled", slot.run_after), slot.run_after).await;
+    let slot = store
+        .dag_timing("a")
+        .await
+        .unwrap()
+        .next
+        .expect("a next slot");
+    insert(
+        triggerer::timetable::run_id("scheduled", slot.run_after),
+        slot.run_after,
+    )
+    .await;
     let report = pass(&store, "2025-01-02T00:30:00Z").await;
     assert_eq!(report.slots_advanced, 1, "{report:?}");
     assert_eq!(report.scheduled_created, 1, "b's run: {report:?}");
-    let next = store.dag_timing("a").await.unwrap().next.expect("next slot");
-    assert!(next.run_after > slot.run_after, "a's schedule moved past the taken slot");
-    assert_eq!(store.list_runs(Some("a"), None, 0).await.unwrap().len(), 1, "only the blocking run");
+    let next = store
+        .dag_timing("a")
+        .await
+        .unwrap()
+        .next
+        .expect("next slot");
+    assert!(
+        next.run_after > slot.run_after,
+        "a's schedule moved past the taken slot"
+    );
+    assert_eq!(
+        store.list_runs(Some("a"), None, 0).await.unwrap().len(),
+        1,
+        "only the blocking run"
+    );
     // The next slot gets its run as usual.
     let report = pass(&store, "2025-01-02T01:30:00Z").await;
     assert_eq!(report.scheduled_created, 2, "{report:?}");
 }
 
-const BLOCKING_RUN: &str = "INSERT INTO dag_run (dag_id, run_id, run_type, state, run_after, conf, queued_at) \
+const BLOCKING_RUN: &str =
+    "INSERT INTO dag_run (dag_id, run_id, run_type, state, run_after, conf, queued_at) \
      VALUES ('a', $1, 'manual', 'queued', $2, '{}', $2)";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -139,7 +139,10 @@ kwargs = { filepath = "/tmp/other" }
     let plan = definitions::load_str("defs.toml", "", &builtin_providers()).unwrap();
     let err = store.apply_definitions(&plan).await.unwrap_err();
     assert!(
-        matches!(err, StoreError::WouldRemoveEverything { assets: 2, dags: 0 }),
+        matches!(
+            err,
+            StoreError::WouldRemoveEverything { assets: 2, dags: 0 }
+        ),
         "{err}"
     );
     assert_eq!(store.list_assets().await.unwrap().len(), 2);
@@ -484,23 +487,27 @@ store_test!(a_failed_sync_writes_nothing, |store| {
     assert!(!names.contains("x"));
 });
 
-store_test!(a_dag_removed_and_defined_again_keeps_its_queued_events, |store| {
-    let with_dag = "[[asset]]\nname = \"a\"\n[[dag]]\ndag_id = \"d\"\nschedule = { assets = \"a\" }\n";
-    sync(&store, with_dag).await;
-    emit(&store, "a", "e1").await;
-    // The DAG goes (its file half-written, say) while the asset stays.
-    sync(&store, "[[asset]]\nname = \"a\"\n").await;
-    assert_eq!(runs_created(&store).await, 0, "a removed DAG gets no run");
-    sync(&store, with_dag).await;
-    assert_eq!(
-        runs_created(&store).await,
-        1,
-        "defined again, its queued event gives it its run"
-    );
-    let runs = store.list_runs(Some("d"), None, 0).await.unwrap();
-    let events = store.list_events(Some("a"), 0).await.unwrap();
-    assert_eq!(runs[0].consumed_events, event_ids_of(&events, &["e1"]));
-});
+store_test!(
+    a_dag_removed_and_defined_again_keeps_its_queued_events,
+    |store| {
+        let with_dag =
+            "[[asset]]\nname = \"a\"\n[[dag]]\ndag_id = \"d\"\nschedule = { assets = \"a\" }\n";
+        sync(&store, with_dag).await;
+        emit(&store, "a", "e1").await;
+        // The DAG goes (its file half-written, say) while the asset stays.
+        sync(&store, "[[asset]]\nname = \"a\"\n").await;
+        assert_eq!(runs_created(&store).await, 0, "a removed DAG gets no run");
+        sync(&store, with_dag).await;
+        assert_eq!(
+            runs_created(&store).await,
+            1,
+            "defined again, its queued event gives it its run"
+        );
+        let runs = store.list_runs(Some("d"), None, 0).await.unwrap();
+        let events = store.list_events(Some("a"), 0).await.unwrap();
+        assert_eq!(runs[0].consumed_events, event_ids_of(&events, &["e1"]));
+    }
+);
 
 store_test!(concurrent_syncs_leave_exactly_one_plan_active, |store| {
     // Disjoint plans of new names each round: no row both touch, so nothing but the sync
@@ -541,9 +548,15 @@ store_test!(concurrent_syncs_leave_exactly_one_plan_active, |store| {
             .into_iter()
             .map(|d| d.dag_id)
             .collect();
-        let plan = |n: &str| (BTreeSet::from([n.to_string()]), BTreeSet::from([format!("d_{n}")]));
+        let plan = |n: &str| {
+            (
+                BTreeSet::from([n.to_string()]),
+                BTreeSet::from([format!("d_{n}")]),
+            )
+        };
         assert!(
-            (active.clone(), dags.clone()) == plan(&xn) || (active.clone(), dags.clone()) == plan(&yn),
+            (active.clone(), dags.clone()) == plan(&xn)
+                || (active.clone(), dags.clone()) == plan(&yn),
             "round {round}: active assets {active:?} and DAGs {dags:?} are no one sync's plan"
         );
     }
@@ -568,13 +581,20 @@ store_test!(manual_run_ids_are_checked, |store| {
         let err = store.create_manual_run(&run).await.unwrap_err();
         assert!(matches!(err, StoreError::Invalid(_)), "{bad:?}: {err}");
     }
-    assert!(store.list_runs(Some("m"), None, 0).await.unwrap().is_empty());
+    assert!(store
+        .list_runs(Some("m"), None, 0)
+        .await
+        .unwrap()
+        .is_empty());
 });
 
 store_test!(listing_an_unknown_asset_or_dag_is_an_error, |store| {
     sync(&store, SHARED).await;
     let err = store.list_events(Some("nosuch"), 0).await.unwrap_err();
-    assert!(err.to_string().contains("asset `nosuch` not found"), "{err}");
+    assert!(
+        err.to_string().contains("asset `nosuch` not found"),
+        "{err}"
+    );
     let err = store.list_runs(Some("nosuch"), None, 0).await.unwrap_err();
     assert!(err.to_string().contains("DAG `nosuch` not found"), "{err}");
     assert!(store.list_events(Some("a"), 0).await.unwrap().is_empty());

@@ -513,6 +513,13 @@ fn validate(sources: &[Source], registry: &ProviderRegistry) -> Result<SyncPlan,
                         continue;
                     }
                 };
+                for path in secrets::uri_credentials(&kwargs) {
+                    warn!(
+                        "{}:{}: {ctx}: kwargs `{path}` holds a password inside a URI and is stored in the database as written; keep it in the triggerer's environment with `{{ env = \"NAME\" }}`",
+                        source.file,
+                        source.line_of(kwargs_span.clone())
+                    );
+                }
                 for path in secrets::literal_secrets(&kwargs) {
                     warn!(
                         "{}:{}: {ctx}: kwargs `{path}` is a literal secret and is stored in the database as written; use `{{ env = \"NAME\" }}` to keep it in the triggerer's environment",

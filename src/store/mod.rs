@@ -214,7 +214,7 @@ impl Store {
             let options = SqliteConnectOptions::from_str(url)?;
             let path = options.get_filename().to_path_buf();
             if path.as_os_str().is_empty() {
-                return Err(StoreError::UnsupportedUrl(url.to_string()));
+                return Err(StoreError::UnsupportedUrl(url.into()));
             }
             // WAL lets readers (the CLI) run beside the writer; FULL makes every commit durable
             // before the source is acknowledged, which is the point of committing first.
@@ -264,7 +264,7 @@ impl Store {
             sqlx::migrate!("migrations/postgres").run(&pool).await?;
             Db::Postgres(pool)
         } else {
-            return Err(StoreError::UnsupportedUrl(url.to_string()));
+            return Err(StoreError::UnsupportedUrl(crate::secrets::redact_uri(url)));
         };
         Ok(Self { db, sqlite_file })
     }

@@ -129,7 +129,7 @@ impl Store {
                     .iter()
                     .any(|a| declared_assets.contains(a.as_str()))
                     || live_dags.iter().any(|d| declared_dags.contains(d.as_str()));
-                if !keeps_something && !(active_assets.is_empty() && live_dags.is_empty()) {
+                if !keeps_something && (!active_assets.is_empty() || !live_dags.is_empty()) {
                     return Err(StoreError::WouldRemoveEverything {
                         assets: active_assets.len(),
                         dags: live_dags.len(),

@@ -211,6 +211,7 @@ impl Supervisor {
             });
         });
         info!(trigger_id, classpath = %trigger.classpath, "trigger started");
+        secrets::register_running(generation, &scrubber);
         self.running.insert(
             trigger.id,
             Running {
@@ -258,6 +259,7 @@ impl Supervisor {
 
     /// Handles a trigger task's end: anything but a cancellation we asked for is a failure.
     async fn on_finished(&mut self, finished: Finished) {
+        secrets::unregister_running(finished.generation);
         let Some(run) = self.running.get(&finished.trigger_id) else {
             return; // cancelled by us; nothing to restart
         };
@@ -341,6 +343,7 @@ impl Supervisor {
         }
         let deadline = Instant::now() + grace;
         for (id, run) in self.running.drain() {
+            secrets::unregister_running(run.generation);
             let mut handle = run.handle;
             if tokio::time::timeout_at(deadline, &mut handle)
                 .await

@@ -23,6 +23,13 @@ pub const DEFAULT_GROUP: &str = "triggerer";
 /// Client settings the provider owns: acknowledging only after commit depends on them.
 const RESERVED: &[&str] = &["enable.auto.offset.store", "enable.auto.commit"];
 
+/// Why a broker address may not hold `user:password@`. librdkafka has no credentials in
+/// addresses: it would take the whole thing for a host name and print it in every connection
+/// error, and the address is also part of every event's dedup key.
+const NO_CREDENTIALS: &str = "a broker address cannot carry credentials (`user:password@`): set \
+     `kafka_config` `sasl.username` and `sasl.password` (with `{ env = \"NAME\" }` the password \
+     stays in the triggerer's environment)";
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KafkaConfig {
     pub topics: Vec<String>,
@@ -119,11 +126,18 @@ impl KafkaConfig {
             }
             None => {}
         }
-        if !client.contains_key("bootstrap.servers") {
-            return Err(KwargsError::new(
-                "bootstrap_servers",
-                "required (or `kafka_config.\"bootstrap.servers\"`)",
-            ));
+        match client.get("bootstrap.servers") {
+            None => {
+                return Err(KwargsError::new(
+                    "bootstrap_servers",
+                    "required (or `kafka_config.\"bootstrap.servers\"`)",
+                ))
+            }
+            // The message does not repeat the value: it holds a password.
+            Some(servers) if servers.contains('@') => {
+                return Err(KwargsError::new("bootstrap_servers", NO_CREDENTIALS))
+            }
+            Some(_) => {}
         }
         match map.get("group_id") {
             Some(Value::String(g)) if !g.trim().is_empty() => {
@@ -167,6 +181,11 @@ impl KafkaConfig {
         kwargs: &Map<String, Value>,
     ) -> Option<Result<Value, KwargsError>> {
         let rest = queue.strip_prefix("kafka://")?;
+        // Anywhere in the URI: a password with a `/` would put the rest of it in the topics
+        // (which cannot hold `@`).
+        if rest.contains('@') {
+            return Some(Err(KwargsError::new("queue", NO_CREDENTIALS)));
+        }
         let (servers, topics) = rest.split_once('/').unwrap_or((rest, ""));
         let mut merged = kwargs.clone();
         if !servers.is_empty() {
@@ -296,6 +315,27 @@ mod tests {
             .unwrap()
             .unwrap_err();
         assert_eq!(err.field, "topics");
+    }
+
+    #[test]
+    fn credentials_in_broker_addresses_are_refused_without_repeating_them() {
+        for kwargs in [
+            json!({"topics": ["t"], "bootstrap_servers": "u:hunter2@b:9092"}),
+            json!({"topics": ["t"], "bootstrap_servers": ["b1:9092", "sasl_plaintext://u:hunter2@b2:9092"]}),
+            json!({"topics": ["t"], "kafka_config": {"bootstrap.servers": "u:hunter2@b:9092"}}),
+        ] {
+            let err = KafkaConfig::from_kwargs(&kwargs).unwrap_err();
+            assert_eq!(err.field, "bootstrap_servers");
+            assert!(!err.to_string().contains("hunter2"), "{err}");
+            assert!(err.message.contains("sasl.password"), "{err}");
+        }
+        for queue in ["kafka://u:hunter2@b:9092/t", "kafka://u:hun/ter2@b:9092/t"] {
+            let err = KafkaConfig::queue_kwargs(queue, &Map::new())
+                .unwrap()
+                .unwrap_err();
+            assert_eq!(err.field, "queue");
+            assert!(!err.to_string().contains("hun"), "{err}");
+        }
     }
 
     #[test]

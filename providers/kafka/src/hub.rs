@@ -42,10 +42,19 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// The shared consumers of one provider.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Hub {
+    /// By [`KafkaConfig::consumer_key`], which holds every setting's value, secrets included.
     consumers: Mutex<HashMap<String, Arc<Shared>>>,
     next_id: AtomicU64,
+}
+
+/// Without the consumer keys: they hold the settings' secrets.
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Not `consumers()`: a `{:?}` while the lock is held must not deadlock.
+        f.debug_struct("Hub").finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug)]
@@ -59,6 +68,7 @@ struct Subscriber {
 struct Shared {
     cluster: String,
     group: String,
+    redact: Arc<Redact>,
     subscribers: Mutex<HashMap<u64, Subscriber>>,
     changed: Notify,
 }
@@ -91,6 +101,7 @@ impl Hub {
                 let shared = Arc::new(Shared {
                     cluster: config.cluster().to_string(),
                     group: config.client.get("group.id").cloned().unwrap_or_default(),
+                    redact: Arc::new(Redact::new(&config.client)),
                     subscribers: Mutex::new(HashMap::new()),
                     changed: Notify::new(),
                 });
@@ -122,16 +133,101 @@ impl Hub {
     }
 }
 
+/// Shortest value [`Redact`] removes (as the core's scrubber): shorter ones occur inside
+/// ordinary words and numbers, and removing them would garble every line.
+const MIN_REDACTED_LEN: usize = 4;
+
+/// The values of a consumer's secret settings, taken out of librdkafka's log lines and errors
+/// before they reach our log or a watcher's error. The core scrubs what the watchers report,
+/// but the provider's own log lines never pass through it.
+#[derive(Default)]
+struct Redact {
+    /// Longest first, so a secret that contains another is replaced whole.
+    secrets: Vec<String>,
+}
+
+impl std::fmt::Debug for Redact {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Redact({} secrets)", self.secrets.len())
+    }
+}
+
+impl Redact {
+    fn new(client: &BTreeMap<String, String>) -> Self {
+        let mut secrets: Vec<String> = client
+            .iter()
+            .filter(|(key, value)| is_secret_setting(key) && value.len() >= MIN_REDACTED_LEN)
+            .map(|(_, value)| value.clone())
+            .collect();
+        secrets.sort_unstable();
+        secrets.dedup();
+        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        Self { secrets }
+    }
+
+    fn scrub(&self, text: &str) -> String {
+        let mut out = text.to_string();
+        for secret in &self.secrets {
+            if out.contains(secret.as_str()) {
+                out = out.replace(secret.as_str(), "***");
+            }
+        }
+        out
+    }
+}
+
+/// Whether a librdkafka setting holds a secret: the words of the core's `secrets::is_sensitive`
+/// (a provider cannot depend on the core) and those of librdkafka's own sensitive properties
+/// (`ssl.key.pem`, `ssl.keystore.password`, `sasl.oauthbearer.config`, …).
+fn is_secret_setting(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    [
+        "password",
+        "passwd",
+        "passphrase",
+        "secret",
+        "token",
+        "credential",
+        "api_key",
+        "apikey",
+        "private",
+        "key.pem",
+        "jaas.config",
+        "authorization",
+        "oauthbearer.config",
+    ]
+    .iter()
+    .any(|word| key.contains(word))
+}
+
+/// A configuration librdkafka refused, without the value: librdkafka (`Unsupported value
+/// "…" for configuration property "ssl.key.password"`) and rdkafka's `Display` both repeat it,
+/// and a key with a typo (`sasl.pasword`) says nothing about whether the value is a secret.
+fn creation_error(error: &KafkaError, redact: &Redact) -> String {
+    match error {
+        KafkaError::ClientConfig(_, description, key, value) if !value.is_empty() => {
+            let mut description = description.replace(&format!("\"{value}\""), "\"***\"");
+            if value.len() >= MIN_REDACTED_LEN {
+                description = description.replace(value.as_str(), "***");
+            }
+            format!("client setting `{key}`: {description}")
+        }
+        other => redact.scrub(&other.to_string()),
+    }
+}
+
 /// Forwards librdkafka's client-level errors (brokers down, authentication) to the consumer
 /// loop, which decides whether they stop it.
 struct HubContext {
     errors: mpsc::UnboundedSender<KafkaError>,
+    redact: Arc<Redact>,
 }
 
 impl ClientContext for HubContext {
     /// librdkafka's own log (group joins, rebalances, broker connections) goes to our log, so
     /// a consumer that waits for its partitions says why; `kafka_config.debug` adds detail.
     fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        let message = self.redact.scrub(message);
         match level {
             RDKafkaLogLevel::Emerg
             | RDKafkaLogLevel::Alert
@@ -146,7 +242,11 @@ impl ClientContext for HubContext {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        debug!(%error, reason, "kafka client error");
+        let (error_text, reason) = (
+            self.redact.scrub(&error.to_string()),
+            self.redact.scrub(reason),
+        );
+        debug!(error = %error_text, reason, "kafka client error");
         let _ = self.errors.send(error);
     }
 }
@@ -191,8 +291,10 @@ async fn run(hub: Arc<Hub>, key: String, shared: Arc<Shared>, client: BTreeMap<S
         .set("enable.auto.offset.store", "false")
         .set("enable.partition.eof", "false")
         .set_log_level(librdkafka_log_level());
-    let created: Result<StreamConsumer<HubContext>, _> =
-        config.create_with_context(HubContext { errors: errors_tx });
+    let created: Result<StreamConsumer<HubContext>, _> = config.create_with_context(HubContext {
+        errors: errors_tx,
+        redact: shared.redact.clone(),
+    });
     let (outcome, consumer) = match created {
         Ok(consumer) => (
             consume(&hub, &key, &shared, &consumer, errors).await,
@@ -200,8 +302,9 @@ async fn run(hub: Arc<Hub>, key: String, shared: Arc<Shared>, client: BTreeMap<S
         ),
         Err(e) => (
             Err(format!(
-                "cannot create a Kafka consumer for {}: {e}",
-                shared.cluster
+                "cannot create a Kafka consumer for {}: {}",
+                shared.cluster,
+                creation_error(&e, &shared.redact)
             )),
             None,
         ),
@@ -212,7 +315,10 @@ async fn run(hub: Arc<Hub>, key: String, shared: Arc<Shared>, client: BTreeMap<S
     }
     drop(consumers);
     if let Err(reason) = outcome {
-        warn!(cluster = %shared.cluster, group = %shared.group, %reason, "kafka consumer stopped");
+        // Not the reason: librdkafka's text may repeat any setting (`Unsupported SASL
+        // mechanism: …`), and only the core knows which came from the environment. Each
+        // watcher gets it, and the core logs and records it scrubbed.
+        warn!(cluster = %shared.cluster, group = %shared.group, "kafka consumer stopped; its watchers fail with the reason");
         for (_, mut subscriber) in lock(&shared.subscribers).drain() {
             if let Some(failed) = subscriber.failed.take() {
                 let _ = failed.send(reason.clone());
@@ -264,9 +370,12 @@ async fn consume(
         }
         if topics != subscribed && !topics.is_empty() {
             let list: Vec<&str> = topics.iter().map(String::as_str).collect();
-            consumer
-                .subscribe(&list)
-                .map_err(|e| format!("cannot subscribe to {list:?}: {e}"))?;
+            consumer.subscribe(&list).map_err(|e| {
+                format!(
+                    "cannot subscribe to {list:?}: {}",
+                    shared.redact.scrub(&e.to_string())
+                )
+            })?;
             info!(cluster = %shared.cluster, group = %shared.group, watchers, topics = ?list, "kafka consumer serving watchers");
             subscribed = topics;
         }
@@ -282,20 +391,21 @@ async fn consume(
                 store_committed(consumer, &mut pending, topic, partition);
             }
             Some(error) = errors.recv() => {
+                let text = shared.redact.scrub(&error.to_string());
                 if is_stopping(&error) {
-                    return Err(format!("Kafka cluster {}: {error}", shared.cluster));
+                    return Err(format!("Kafka cluster {}: {text}", shared.cluster));
                 }
-                warn!(cluster = %shared.cluster, %error, "kafka client error; librdkafka retries");
+                warn!(cluster = %shared.cluster, error = %text, "kafka client error; librdkafka retries");
             }
             _ = shared.changed.notified() => {}
             received = consumer.recv(), if watchers > 0 && inflight.len() < MAX_IN_FLIGHT => {
                 let message = match received {
                     Ok(m) => m,
                     Err(error) if is_stopping(&error) => {
-                        return Err(format!("Kafka cluster {}: {error}", shared.cluster));
+                        return Err(format!("Kafka cluster {}: {}", shared.cluster, shared.redact.scrub(&error.to_string())));
                     }
                     Err(error) => {
-                        warn!(cluster = %shared.cluster, %error, "kafka consume error");
+                        warn!(cluster = %shared.cluster, error = %shared.redact.scrub(&error.to_string()), "kafka consume error");
                         continue;
                     }
                 };
@@ -370,5 +480,77 @@ fn store_committed<C: ConsumerContext>(
         if let Err(e) = consumer.store_offset(&topic, partition, offset) {
             debug!(%topic, partition, offset, error = %e, "offset not stored");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CANARY: &str = "c4n4ry-9f3b1e";
+
+    /// What librdkafka itself says when it refuses `key = CANARY`.
+    fn refused(key: &str) -> String {
+        let (errors, _rx) = mpsc::unbounded_channel();
+        let mut client = BTreeMap::new();
+        client.insert("bootstrap.servers".to_string(), "127.0.0.1:9".to_string());
+        client.insert("group.id".to_string(), "g".to_string());
+        client.insert(key.to_string(), CANARY.to_string());
+        let redact = Arc::new(Redact::new(&client));
+        let mut config = ClientConfig::new();
+        for (k, v) in &client {
+            config.set(k, v);
+        }
+        let created: Result<StreamConsumer<HubContext>, _> =
+            config.create_with_context(HubContext {
+                errors,
+                redact: redact.clone(),
+            });
+        match created {
+            Ok(_) => panic!("librdkafka accepted `{key}`"),
+            Err(e) => {
+                assert!(
+                    e.to_string().contains(CANARY),
+                    "rdkafka no longer repeats the value; this guard may go: {e}"
+                );
+                creation_error(&e, &redact)
+            }
+        }
+    }
+
+    #[test]
+    fn refused_settings_are_named_without_their_value() {
+        // A typo'd key: not a known secret setting, and its value is a secret all the same.
+        let typo = refused("sasl.pasword");
+        assert!(!typo.contains(CANARY), "{typo}");
+        assert!(
+            typo.contains("`sasl.pasword`") && typo.contains("No such configuration property"),
+            "{typo}"
+        );
+        // Built without OpenSSL, librdkafka refuses the SSL settings and repeats the value.
+        let ssl = refused("ssl.key.password");
+        assert!(!ssl.contains(CANARY), "{ssl}");
+        assert!(ssl.contains("`ssl.key.password`"), "{ssl}");
+    }
+
+    #[test]
+    fn secret_settings_are_redacted_from_log_lines() {
+        let client: BTreeMap<String, String> = [
+            ("sasl.password", CANARY),
+            ("sasl.username", "svc-user"),
+            ("ssl.keystore.password", "k3ystore"),
+            ("sasl.oauthbearer.client.secret", "abc"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let redact = Redact::new(&client);
+        assert_eq!(
+            redact.scrub(&format!("auth as svc-user with {CANARY} / k3ystore failed")),
+            "auth as svc-user with *** / *** failed"
+        );
+        // Too short to redact without garbling the line.
+        assert_eq!(redact.scrub("abc"), "abc");
+        assert!(!format!("{redact:?}").contains(CANARY));
     }
 }

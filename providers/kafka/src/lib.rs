@@ -8,7 +8,7 @@
 //! | kwarg | type | default | meaning |
 //! |---|---|---|---|
 //! | `topics` | list of strings | required | topics to watch |
-//! | `bootstrap_servers` | string or list | required (or in `kafka_config`) | `host:port[,host:port…]` |
+//! | `bootstrap_servers` | string or list | required (or in `kafka_config`) | `host:port[,host:port…]`; no `user:password@` (use `kafka_config` `sasl.*`) |
 //! | `group_id` | string | `triggerer` | consumer group; watchers with the same cluster, group and settings share one consumer |
 //! | `kafka_config` | table | `{}` | further librdkafka settings (security, timeouts; `auto.offset.reset` defaults to `earliest`) |
 //! | `poll_timeout`, `poll_interval` | number | — | accepted for Airflow compatibility; the consumer is push-based |

@@ -55,6 +55,8 @@ pub fn resolve(
     };
     match (queue, scheme) {
         (Some(Value::String(uri)), _) => {
+            // Errors repeat the URI, so they get it without the password of its userinfo.
+            let shown = redact_uri(&uri);
             let mut matches: Vec<QueueMatch> = providers
                 .iter()
                 .filter_map(|p| p.queue_kwargs(&uri, &rest).map(|k| (p.clone(), k)))
@@ -62,16 +64,16 @@ pub fn resolve(
             match matches.len() {
                 0 => Err(KwargsError::new(
                     "queue",
-                    format!("`{uri}` is not served by any provider in this build (schemes: {})", known_schemes()),
+                    format!("`{shown}` is not served by any provider in this build (schemes: {})", known_schemes()),
                 )),
                 1 => {
                     let (provider, kwargs) = matches.remove(0);
-                    let kwargs = kwargs.map_err(|e| in_queue(&uri, e))?;
+                    let kwargs = kwargs.map_err(|e| in_queue(&shown, e))?;
                     Ok((provider, kwargs))
                 }
                 _ => Err(KwargsError::new(
                     "queue",
-                    format!("`{uri}` is served by more than one provider: {}", names(&matches)),
+                    format!("`{shown}` is served by more than one provider: {}", names(&matches)),
                 )),
             }
         }
@@ -110,6 +112,25 @@ pub fn resolve(
     }
 }
 
+/// `uri` with its userinfo password shown as `***` (`kafka://user:***@host/t`): what lies
+/// between the first `:` after the scheme and the last `@`, since passwords are often written
+/// unencoded (with `/` or `@`). The core's `secrets::redact_uri` does the same; this crate
+/// resolves at sync time without the core.
+fn redact_uri(uri: &str) -> String {
+    let Some((scheme, rest)) = uri.split_once("://") else {
+        return uri.to_string();
+    };
+    let Some(at) = rest.rfind('@') else {
+        return uri.to_string();
+    };
+    match rest[..at].split_once(':') {
+        Some((user, password)) if !password.is_empty() => {
+            format!("{scheme}://{user}:***{}", &rest[at..])
+        }
+        _ => uri.to_string(),
+    }
+}
+
 fn in_queue(uri: &str, e: KwargsError) -> KwargsError {
     KwargsError::new(e.field, format!("{} (for queue `{uri}`)", e.message))
 }
@@ -129,7 +150,8 @@ mod tests {
 
     use super::*;
 
-    /// A provider serving `scheme`, whose URIs `scheme://X` become `{"target": X}`.
+    /// A provider serving `scheme`, whose URIs `scheme://X` become `{"target": X}` (refused when
+    /// `X` holds `@`).
     struct Fake {
         name: &'static str,
         schemes: &'static [&'static str],
@@ -161,6 +183,10 @@ mod tests {
         }
         fn validate(&self, kwargs: &Value) -> Result<(), KwargsError> {
             match kwargs.get("target") {
+                // As the Kafka provider does: credentials in the URI are refused.
+                Some(Value::String(t)) if t.contains('@') => {
+                    Err(KwargsError::new("target", "no credentials here"))
+                }
                 Some(Value::String(t)) if !t.is_empty() => Ok(()),
                 _ => Err(KwargsError::new("target", "required")),
             }
@@ -213,6 +239,19 @@ mod tests {
         assert_eq!(kwargs, json!({"target": "q"}));
         let err = error_of(&providers(), json!({"scheme": "sqs"}));
         assert_eq!(err.field, "target");
+    }
+
+    #[test]
+    fn errors_name_the_uri_without_its_password() {
+        let err = error_of(&providers(), json!({"queue": "amqp://u:hunter2@host/q"}));
+        assert!(err.message.contains("`amqp://u:***@host/q`"), "{err}");
+        // The provider refuses the kwargs it derived: the URI it names is masked too.
+        let err = error_of(&providers(), json!({"queue": "kafka://u:hunter2@"}));
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+        assert!(err.message.contains("kafka://u:***@"), "{err}");
+        assert_eq!(redact_uri("kafka://h:9092/t"), "kafka://h:9092/t");
+        assert_eq!(redact_uri("kafka://u@h/t"), "kafka://u@h/t");
+        assert_eq!(redact_uri("kafka://u:p@s/s@h/t"), "kafka://u:***@h/t");
     }
 
     #[test]

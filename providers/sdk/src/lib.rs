@@ -21,9 +21,9 @@ mod error;
 mod event;
 mod provider;
 mod sink;
-mod warning;
 #[cfg(feature = "testkit")]
 pub mod testkit;
+mod warning;
 
 pub use error::{EmitError, KwargsError, NotCommitted, TriggerError};
 pub use event::{Checkpoint, Committed, Event};

@@ -9,8 +9,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    Committed, Envelope, Event, EventSink, EventTrigger, NotCommitted, TriggerContext, TriggerError,
-    Warning, WarningSink,
+    Committed, Envelope, Event, EventSink, EventTrigger, NotCommitted, TriggerContext,
+    TriggerError, Warning, WarningSink,
 };
 
 /// A trigger running under test.

@@ -65,6 +65,19 @@ fn string(map: &Map<String, Value>, key: &str) -> Result<Option<String>, KwargsE
     }
 }
 
+/// Whether `url` may carry userinfo (`scheme://user[:password]@host`): any `@`, since a
+/// password written unencoded may hold `/` and so end the authority early. Neither queue
+/// names nor endpoint paths have a use for `@`.
+fn has_userinfo(url: &str) -> bool {
+    url.contains('@')
+}
+
+/// Why a URL may not hold `user:password@`. The SDK signs requests with the AWS credential
+/// chain and has no use for them, while its own log lines, which the core's scrubber never
+/// sees, may print the endpoint and the queue URL.
+const NO_CREDENTIALS: &str = "must not carry credentials (`user:password@`): requests are \
+     signed with the standard AWS credential chain (environment, profile, instance role)";
+
 /// The region of an AWS queue URL (`https://sqs.<region>.amazonaws.com/<account>/<queue>`).
 fn region_of(url: &str) -> Option<String> {
     let host = url.split("://").nth(1)?.split('/').next()?;
@@ -114,6 +127,10 @@ impl SqsConfig {
                 "must be the queue URL (https://…)",
             ));
         }
+        // The messages do not repeat the URL: it holds a password.
+        if has_userinfo(&queue_url) {
+            return Err(KwargsError::new("sqs_queue", NO_CREDENTIALS));
+        }
         let region = string(map, "region_name")?.or_else(|| region_of(&queue_url));
         let endpoint_url = string(map, "endpoint_url")?;
         if let Some(e) = &endpoint_url {
@@ -122,6 +139,9 @@ impl SqsConfig {
                     "endpoint_url",
                     "must be an http(s):// URL",
                 ));
+            }
+            if has_userinfo(e) {
+                return Err(KwargsError::new("endpoint_url", NO_CREDENTIALS));
             }
         }
         if region.is_none() && endpoint_url.is_none() {
@@ -237,6 +257,34 @@ mod tests {
             field(json!({"sqs_queue": "http://localhost/1/q"})),
             "region_name"
         );
+    }
+
+    #[test]
+    fn credentials_in_urls_are_refused_without_repeating_them() {
+        for (kwargs, field) in [
+            (
+                json!({"sqs_queue": "http://127.0.0.1:5000/1/q", "endpoint_url": "http://u:hunter2@127.0.0.1:5000"}),
+                "endpoint_url",
+            ),
+            (
+                json!({"sqs_queue": "https://u:hunter2@sqs.eu-west-1.amazonaws.com/1/q"}),
+                "sqs_queue",
+            ),
+        ] {
+            let err = SqsConfig::from_kwargs(&kwargs).unwrap_err();
+            assert_eq!(err.field, field);
+            assert!(!err.to_string().contains("hunter2"), "{err}");
+        }
+        let err = SqsConfig::queue_kwargs(
+            "sqs://u:hunter2@sqs.us-east-1.amazonaws.com/1/q",
+            &Map::new(),
+        )
+        .unwrap()
+        .unwrap_err();
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+        // A password with `/` ends the authority early: still refused.
+        let err = SqsConfig::from_kwargs(&json!({"sqs_queue": "http://127.0.0.1:5000/1/q", "endpoint_url": "http://u:hun/ter2@127.0.0.1:5000"})).unwrap_err();
+        assert!(!err.to_string().contains("hun"), "{err}");
     }
 
     #[test]

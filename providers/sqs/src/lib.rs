@@ -14,7 +14,8 @@
 //! | `visibility_timeout` | seconds | 60 | hidden from other consumers this long; extended while a message waits for its commit |
 //! | `num_batches`, `waiter_delay`, `delete_message_on_reception` | | | accepted for Airflow compatibility (`delete_message_on_reception = false` is refused) |
 //!
-//! Credentials come from the standard AWS chain (environment, profile, instance role).
+//! Credentials come from the standard AWS chain (environment, profile, instance role); a URL
+//! carrying `user:password@` is refused.
 //!
 //! Delivery guarantee: one event per message, dedup key `sqs:{MessageId}`, payload
 //! `{message_id, body, attributes, message_attributes}`. A message is deleted (in batches of up
