@@ -33,13 +33,16 @@
 
 pub mod asset_expression;
 pub mod cli;
+pub mod dag_run;
 pub mod definitions;
 pub mod identity;
 pub mod names;
 pub mod registry;
 pub mod scheduler;
 pub mod secrets;
+pub mod service;
 pub mod store;
+pub mod sync;
 pub mod telemetry;
 pub mod time;
 pub mod timetable;

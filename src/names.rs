@@ -10,15 +10,21 @@ use std::fmt;
 
 use serde_json::Value;
 
-/// Run-id prefixes the scheduler gives the runs it makes (Airflow's `DagRunType` values).
-pub const RESERVED_RUN_ID_PREFIXES: [&str; 3] = ["scheduled__", "backfill__", "asset_triggered__"];
+use crate::dag_run::DagRunType;
+
+/// The run types whose run-id prefix (`scheduled__`) only the scheduler may give.
+pub const SCHEDULER_RUN_TYPES: [DagRunType; 3] = [
+    DagRunType::Scheduled,
+    DagRunType::Backfill,
+    DagRunType::AssetTriggered,
+];
 
 /// Why a name was refused; the caller adds which field it was.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NameError {
     Empty,
     ControlCharacter { at: usize, character: char },
-    ReservedPrefix(&'static str),
+    ReservedPrefix(String),
 }
 
 impl fmt::Display for NameError {
@@ -56,9 +62,10 @@ pub fn check(name: &str) -> Result<(), NameError> {
 /// Checks the run id of a run asked for by hand: a name, without a scheduler prefix.
 pub fn check_manual_run_id(run_id: &str) -> Result<(), NameError> {
     check(run_id)?;
-    match RESERVED_RUN_ID_PREFIXES
+    match SCHEDULER_RUN_TYPES
         .iter()
-        .find(|prefix| run_id.starts_with(**prefix))
+        .map(|t| t.prefix())
+        .find(|prefix| run_id.starts_with(prefix.as_str()))
     {
         Some(prefix) => Err(NameError::ReservedPrefix(prefix)),
         None => Ok(()),
@@ -140,11 +147,11 @@ mod tests {
     fn manual_run_ids_may_not_take_a_scheduler_prefix() {
         assert_eq!(check_manual_run_id("manual__2024"), Ok(()));
         assert_eq!(check_manual_run_id("my-run"), Ok(()));
-        for prefix in RESERVED_RUN_ID_PREFIXES {
+        for prefix in ["scheduled__", "backfill__", "asset_triggered__"] {
             let id = format!("{prefix}2024-01-01T00:00:00+00:00");
             assert_eq!(
                 check_manual_run_id(&id),
-                Err(NameError::ReservedPrefix(prefix))
+                Err(NameError::ReservedPrefix(prefix.into()))
             );
         }
         assert_eq!(check_manual_run_id(""), Err(NameError::Empty));

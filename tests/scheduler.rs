@@ -6,6 +6,7 @@ mod common;
 
 use chrono::{DateTime, Utc};
 use serde_json::json;
+use triggerer::dag_run::{DagRunState, DagRunType};
 use triggerer::definitions;
 use triggerer::registry::builtin_providers;
 use triggerer::scheduler;
@@ -106,7 +107,7 @@ store_test!(
             .await
             .unwrap();
         assert_eq!(runs.len(), 1);
-        assert_eq!(runs[0].run_type, "scheduled");
+        assert_eq!(runs[0].run_type, DagRunType::Scheduled);
         assert_eq!(runs[0].logical_date, Some(t("2025-01-02T06:00:00Z")));
         assert_eq!(runs[0].run_id, "scheduled__2025-01-02T06:00:00+00:00");
         let events = store.list_events(Some("orders"), 0).await.unwrap();
@@ -146,14 +147,14 @@ start_date = 2025-01-02T00:00:00Z
         (report.scheduled_created, report.asset_triggered_created),
         (1, 0)
     );
-    let types: Vec<String> = store
+    let types: Vec<DagRunType> = store
         .list_runs(Some("either"), None, 0)
         .await
         .unwrap()
         .into_iter()
         .map(|r| r.run_type)
         .collect();
-    assert_eq!(types, ["asset_triggered", "scheduled"]);
+    assert_eq!(types, [DagRunType::AssetTriggered, DagRunType::Scheduled]);
 });
 
 store_test!(
@@ -233,7 +234,7 @@ store_test!(
             2
         );
         let runs = store
-            .list_runs(Some("daily"), Some("running"), 0)
+            .list_runs(Some("daily"), Some(DagRunState::Running), 0)
             .await
             .unwrap();
         let started: Vec<_> = runs.iter().map(|r| r.logical_date.unwrap()).collect();
@@ -244,7 +245,7 @@ store_test!(
         );
         assert!(runs
             .iter()
-            .all(|r| r.run_id.starts_with("backfill__") && r.run_type == "backfill"));
+            .all(|r| r.run_id.starts_with("backfill__") && r.run_type == DagRunType::Backfill));
         assert!(scheduler::backfill_slots(
             &scheduler::timetable_for(&store.dag_timing("daily").await.unwrap()),
             t("2025-01-05T00:00:00Z"),
@@ -403,7 +404,7 @@ store_test!(
         );
         assert_eq!(
             store
-                .list_runs(Some("z_quiet"), Some("running"), 0)
+                .list_runs(Some("z_quiet"), Some(DagRunState::Running), 0)
                 .await
                 .unwrap()
                 .len(),
@@ -483,17 +484,17 @@ store_test!(
         );
         let first = store.list_runs(Some("d"), None, 0).await.unwrap().remove(0);
         store
-            .finish_run("d", &first.run_id, "success")
+            .finish_run("d", &first.run_id, DagRunState::Success)
             .await
             .unwrap();
         let again = store
-            .finish_run("d", &first.run_id, "failed")
+            .finish_run("d", &first.run_id, DagRunState::Failed)
             .await
             .unwrap_err()
             .to_string();
         assert!(again.contains("already ended (success)"), "{again}");
         assert!(store
-            .finish_run("d", "nope", "success")
+            .finish_run("d", "nope", DagRunState::Success)
             .await
             .unwrap_err()
             .to_string()
@@ -530,11 +531,7 @@ where
         .unwrap()
         .next
         .expect("a next slot");
-    insert(
-        triggerer::timetable::run_id("scheduled", slot.run_after),
-        slot.run_after,
-    )
-    .await;
+    insert(DagRunType::Scheduled.run_id(slot.run_after), slot.run_after).await;
     let report = pass(&store, "2025-01-02T00:30:00Z").await;
     assert_eq!(report.slots_advanced, 1, "{report:?}");
     assert_eq!(report.scheduled_created, 1, "b's run: {report:?}");

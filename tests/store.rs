@@ -7,10 +7,12 @@ use std::path::PathBuf;
 
 use chrono::Duration;
 use serde_json::json;
-use triggerer::definitions::{self, SyncOptions};
+use triggerer::dag_run::DagRunType;
+use triggerer::definitions;
 use triggerer::registry::builtin_providers;
 use triggerer::scheduler;
 use triggerer::store::{Claim, ManualRun, NewEvent, Origin, Store, StoreError, TRIGGERER_JOB};
+use triggerer::sync::{self, SyncOptions};
 use triggerer_sdk::{Checkpoint, NotCommitted};
 
 async fn sync(store: &Store, text: &str) {
@@ -359,9 +361,8 @@ schedule = { assets = "a & (b | c)" }
         let events = store.list_events(None, 0).await.unwrap();
         let runs = store.list_runs(Some("d"), None, 0).await.unwrap();
         assert_eq!(runs.len(), 2);
-        assert!(runs
-            .iter()
-            .all(|r| r.run_type == "asset_triggered" && r.run_id.starts_with("asset_triggered__")));
+        assert!(runs.iter().all(|r| r.run_type == DagRunType::AssetTriggered
+            && r.run_id.starts_with("asset_triggered__")));
         assert_eq!(
             runs[0].consumed_events,
             event_ids_of(&events, &["a1", "c1", "a2"])
@@ -467,7 +468,7 @@ store_test!(a_failed_sync_writes_nothing, |store| {
         "[[dag]]\ndag_id = \"d\"\nschedule = { assets = \"x & missing\" }\n",
     );
     let paths: Vec<PathBuf> = vec![good, bad];
-    let err = definitions::sync(&store, &paths, &builtin_providers(), SyncOptions::default())
+    let err = sync::sync(&store, &paths, &builtin_providers(), SyncOptions::default())
         .await
         .unwrap_err()
         .to_string();

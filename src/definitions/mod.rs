@@ -1,10 +1,7 @@
-//! Definition files (DESIGN §4): reading TOML, validating everything before anything is
-//! written, and syncing the result as one reconciliation. Every error names `file:line`, the
-//! asset or DAG, and the field. This module must not touch the database except through
-//! [`Store::apply_definitions`], and only once validation found nothing wrong.
-
-pub mod schedule;
-pub mod watch;
+//! Definition files (README "Definition files"): reading TOML and validating everything into a
+//! [`SyncPlan`] before anything is written. Every error names `file:line`, the asset or DAG,
+//! and the field. This module reads files and nothing else: writing the plan is
+//! [`crate::sync`]'s, and it must not touch the database or the scheduler.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt;
@@ -22,7 +19,7 @@ use crate::identity::{canonical_json, trigger_hash};
 use crate::names;
 use crate::registry::{ProviderRegistry, WatcherError};
 use crate::secrets;
-use crate::store::{AssetPlan, DagPlan, Store, StoreError, SyncPlan, SyncReport, WatcherPlan};
+use crate::store::{AssetPlan, DagPlan, SyncPlan, WatcherPlan};
 
 /// Airflow's `[core] max_active_runs_per_dag` default.
 pub const DEFAULT_MAX_ACTIVE_RUNS: i64 = 16;
@@ -63,19 +60,6 @@ impl fmt::Display for DefinitionErrors {
         }
         Ok(())
     }
-}
-
-#[derive(Debug, Error)]
-pub enum SyncError {
-    #[error("{0}")]
-    Invalid(#[from] DefinitionErrors),
-    #[error(
-        "{0}: no definition file (*.toml) found; nothing was changed (pass --allow-empty to \
-         remove every asset and DAG)"
-    )]
-    NoDefinitionFiles(String),
-    #[error(transparent)]
-    Store(#[from] StoreError),
 }
 
 #[derive(Debug, Deserialize)]
@@ -298,53 +282,6 @@ pub fn load_str(
     validate(&[Source::new(file.to_string(), text.to_string())], registry)
 }
 
-/// How careful a sync is with what it would remove.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct SyncOptions {
-    /// Accept a sync that finds no definition file, or that would leave none of the assets and
-    /// DAGs now defined. Without it such a sync is refused: it is what an empty or half-written
-    /// file, or a mistyped path, looks like.
-    pub allow_empty: bool,
-}
-
-/// Loads and writes the definitions under `paths`, then aligns every DAG's next scheduled
-/// slot with its (possibly new) schedule. Nothing is written if anything is wrong.
-pub async fn sync(
-    store: &Store,
-    paths: &[PathBuf],
-    registry: &ProviderRegistry,
-    options: SyncOptions,
-) -> Result<SyncReport, SyncError> {
-    let snapshot = Snapshot::read(paths)?;
-    sync_snapshot(store, &snapshot, paths, registry, options).await
-}
-
-/// [`sync`] of what was already read from `paths`.
-pub async fn sync_snapshot(
-    store: &Store,
-    snapshot: &Snapshot,
-    paths: &[PathBuf],
-    registry: &ProviderRegistry,
-    options: SyncOptions,
-) -> Result<SyncReport, SyncError> {
-    if snapshot.files() == 0 && !options.allow_empty {
-        return Err(SyncError::NoDefinitionFiles(display_paths(paths)));
-    }
-    let mut plan = snapshot.validate(registry)?;
-    plan.allow_removing_everything = options.allow_empty;
-    let report = store.apply_definitions(&plan).await?;
-    crate::scheduler::refresh_next_dagruns(store, crate::time::now()).await?;
-    Ok(report)
-}
-
-fn display_paths(paths: &[PathBuf]) -> String {
-    paths
-        .iter()
-        .map(|p| p.display().to_string())
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
 fn toml_to_json(value: &toml::Value) -> Value {
     match value {
         toml::Value::String(s) => Value::String(s.clone()),
@@ -564,7 +501,7 @@ fn validate(sources: &[Source], registry: &ProviderRegistry) -> Result<SyncPlan,
 
             let schedule = match &d.schedule {
                 None => None,
-                Some(s) => match schedule::parse(&toml_to_json(s.get_ref())) {
+                Some(s) => match crate::timetable::schedule::parse(&toml_to_json(s.get_ref())) {
                     Ok(parsed) => Some((parsed, s.span())),
                     Err(e) => {
                         errors.push(source.error(s.span(), format!("{ctx}: `schedule`: {e}")));

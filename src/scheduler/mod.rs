@@ -17,10 +17,10 @@ use triggerer_sdk::CancellationToken;
 use std::collections::BTreeSet;
 
 use crate::asset_expression::AssetExpr;
-use crate::definitions::schedule::timetable_of;
 use crate::store::{
     AssetCondition, DagTiming, DueSlot, SlotOutcome, SlotPolicy, Store, StoreError,
 };
+use crate::timetable::schedule::timetable_of;
 use crate::timetable::{DagRunInfo, Timetable};
 
 pub use crate::store::SCHEDULER_JOB;

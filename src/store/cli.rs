@@ -8,6 +8,7 @@ use sqlx::types::Json;
 use sqlx::Row;
 
 use super::{with_db, Result, Store, StoreError};
+use crate::dag_run::{DagRunState, DagRunType};
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct DagRow {
@@ -89,8 +90,8 @@ fn trigger_state(
 pub struct RunRow {
     pub dag_id: String,
     pub run_id: String,
-    pub run_type: String,
-    pub state: String,
+    pub run_type: DagRunType,
+    pub state: DagRunState,
     pub logical_date: Option<DateTime<Utc>>,
     pub data_interval_start: Option<DateTime<Utc>>,
     pub data_interval_end: Option<DateTime<Utc>>,
@@ -313,7 +314,7 @@ impl Store {
     pub async fn list_runs(
         &self,
         dag_id: Option<&str>,
-        state: Option<&str>,
+        state: Option<DagRunState>,
         limit: u64,
     ) -> Result<Vec<RunRow>> {
         let consumed = match self.engine() {
@@ -342,7 +343,7 @@ impl Store {
             );
             let rows = sqlx::query(&sql)
                 .bind(dag_id)
-                .bind(state)
+                .bind(state.map(DagRunState::as_str))
                 .bind(limit_of(limit))
                 .fetch_all(pool)
                 .await?;
@@ -358,8 +359,8 @@ impl Store {
                     Ok(RunRow {
                         dag_id: row.try_get("dag_id")?,
                         run_id: row.try_get("run_id")?,
-                        run_type: row.try_get("run_type")?,
-                        state: row.try_get("state")?,
+                        run_type: row.try_get::<String, _>("run_type")?.parse()?,
+                        state: row.try_get::<String, _>("state")?.parse()?,
                         logical_date: row.try_get("logical_date")?,
                         data_interval_start: row.try_get("data_interval_start")?,
                         data_interval_end: row.try_get("data_interval_end")?,

@@ -23,7 +23,7 @@ mod triggers;
 
 pub use cli::{AssetRow, DagRow, EventRow, RunRow, TriggerRow};
 pub use events::{NewEvent, Origin};
-pub use runs::{ManualRun, QueuedDag};
+pub use runs::{ManualRun, NewDagRun, QueuedDag};
 pub use schedule::{BackfillReport, DagTiming, DueSlot, SlotOutcome, SlotPolicy};
 pub use sync::{AssetPlan, DagPlan, SyncPlan, SyncReport, WatcherPlan};
 pub use triggers::{AssignedTrigger, Claim, SCHEDULER_JOB, TRIGGERER_JOB};
@@ -59,6 +59,10 @@ pub enum StoreError {
          --allow-empty"
     )]
     WouldRemoveEverything { assets: usize, dags: usize },
+    /// A state or run type in the database that this version does not know (a newer
+    /// version wrote it).
+    #[error(transparent)]
+    UnknownName(#[from] crate::dag_run::UnknownName),
     #[error(
         "the database file {path} was {what} while this process had it open; what it wrote \
          since would be lost, so it stops. Restore the file or point --database-url at the new \
@@ -149,6 +153,43 @@ macro_rules! store_next_dagrun {
     }};
 }
 pub(crate) use store_next_dagrun;
+
+/// Inserts every [`NewDagRun`] of `$runs` as a QUEUED run, on `$tx`, in multi-row statements.
+/// The one place a `dag_run` row is made. A run whose id or logical date is taken is left out
+/// (`ON CONFLICT DO NOTHING`): callers that checked first treat that as a conflict, the batch
+/// as its signal to fall back. Evaluates to the `(dag_id, id)` of the runs inserted.
+macro_rules! insert_dag_runs {
+    ($tx:expr, $runs:expr, $now:expr) => {{
+        let runs: &[$crate::store::NewDagRun<'_>] = $runs;
+        let mut inserted: Vec<(String, i64)> = Vec::with_capacity(runs.len());
+        // 11 values a run: under SQLite's oldest limit of 999 bound values a statement.
+        for chunk in runs.chunks(90) {
+            let mut qb = sqlx::QueryBuilder::new(
+                "INSERT INTO dag_run (dag_id, run_id, run_type, state, logical_date, \
+                 data_interval_start, data_interval_end, run_after, conf, queued_at, creating_job_id) ",
+            );
+            qb.push_values(chunk, |mut b, run| {
+                b.push_bind(run.dag_id)
+                    .push_bind(run.run_id.as_str())
+                    .push_bind(run.run_type.as_str())
+                    .push_bind($crate::dag_run::DagRunState::Queued.as_str())
+                    .push_bind(run.logical_date)
+                    .push_bind(run.data_interval.map(|i| i.start))
+                    .push_bind(run.data_interval.map(|i| i.end))
+                    .push_bind(run.run_after)
+                    .push_bind(sqlx::types::Json(run.conf))
+                    .push_bind($now)
+                    .push_bind(run.creating_job_id);
+            });
+            qb.push(" ON CONFLICT DO NOTHING RETURNING dag_id, id");
+            for row in qb.build().fetch_all(&mut *$tx).await? {
+                inserted.push((row.try_get("dag_id")?, row.try_get("id")?));
+            }
+        }
+        inserted
+    }};
+}
+pub(crate) use insert_dag_runs;
 
 /// Links `$event_ids` to run `$dag_run_id` and removes exactly those queue rows of `$dag_id`:
 /// an event leaves the queue only in the transaction that gives it a run.

@@ -6,12 +6,12 @@ use std::collections::{BTreeSet, HashMap};
 use chrono::{DateTime, Utc};
 use rand::distr::{Alphanumeric, SampleString};
 use serde_json::Value;
-use sqlx::types::Json;
 use sqlx::Row;
 
 use super::{push_in_list, with_db, Result, Store, StoreError, CHUNK};
+use crate::dag_run::{DagRunState, DagRunType};
 use crate::time::isoformat;
-use crate::timetable::{run_id as timetable_run_id, DataInterval};
+use crate::timetable::DataInterval;
 
 /// A DAG with queued asset events, as the scheduler sees it before deciding.
 #[derive(Debug, Clone, PartialEq)]
@@ -23,6 +23,44 @@ pub struct QueuedDag {
     /// Runs queued or running (all types): Airflow's asset-path `max_active_runs` check.
     pub active_runs: i64,
     pub max_active_runs: i64,
+}
+
+/// A run to insert, always QUEUED (see [`super::insert_dag_runs`]).
+#[derive(Debug, Clone)]
+pub struct NewDagRun<'a> {
+    pub dag_id: &'a str,
+    pub run_id: String,
+    pub run_type: DagRunType,
+    pub logical_date: Option<DateTime<Utc>>,
+    pub data_interval: Option<DataInterval>,
+    pub run_after: DateTime<Utc>,
+    pub conf: &'a Value,
+    pub creating_job_id: Option<i64>,
+}
+
+/// The conf of runs the scheduler makes: `{}`.
+static EMPTY_CONF: std::sync::LazyLock<Value> =
+    std::sync::LazyLock::new(|| Value::Object(Default::default()));
+
+impl<'a> NewDagRun<'a> {
+    /// A run the scheduler makes for `slot` (scheduled or backfill), with an empty conf.
+    pub fn of_slot(
+        dag_id: &'a str,
+        run_type: DagRunType,
+        slot: crate::timetable::DagRunInfo,
+        creating_job_id: Option<i64>,
+    ) -> Self {
+        Self {
+            dag_id,
+            run_id: run_type.run_id(slot.run_after),
+            run_type,
+            logical_date: Some(slot.logical_date()),
+            data_interval: Some(slot.data_interval),
+            run_after: slot.run_after,
+            conf: &EMPTY_CONF,
+            creating_job_id,
+        }
+    }
 }
 
 /// A run asked for by hand (`dags trigger`).
@@ -142,21 +180,24 @@ impl Store {
                 return Ok(None);
             }
             let suffix = Alphanumeric.sample_string(&mut rand::rng(), 8);
-            let run_id = format!("asset_triggered__{}_{suffix}", isoformat(run_after));
-            let now = crate::time::now();
-            let dag_run_id: i64 = sqlx::query(
-                "INSERT INTO dag_run (dag_id, run_id, run_type, state, run_after, conf, queued_at, creating_job_id) \
-                 VALUES ($1, $2, 'asset_triggered', 'queued', $3, $4, $5, $6) RETURNING id",
-            )
-            .bind(dag_id)
-            .bind(&run_id)
-            .bind(run_after)
-            .bind(Json(Value::Object(Default::default())))
-            .bind(now)
-            .bind(job_id)
-            .fetch_one(&mut *tx)
-            .await?
-            .try_get("id")?;
+            let run_id = format!("{}_{suffix}", DagRunType::AssetTriggered.run_id(run_after));
+            let run = NewDagRun {
+                dag_id,
+                run_id: run_id.clone(),
+                run_type: DagRunType::AssetTriggered,
+                logical_date: None,
+                data_interval: None,
+                run_after,
+                conf: &EMPTY_CONF,
+                creating_job_id: job_id,
+            };
+            let Some((_, dag_run_id)) =
+                super::insert_dag_runs!(tx, std::slice::from_ref(&run), crate::time::now()).pop()
+            else {
+                return Err(StoreError::Conflict(format!(
+                    "DAG `{dag_id}` already has a run with run id `{run_id}`"
+                )));
+            };
             super::consume_queued_events!(tx, dag_run_id, dag_id, event_ids);
             tx.commit().await?;
             Ok(Some(run_id))
@@ -229,8 +270,10 @@ impl Store {
                 }
             }
             for chunk in to_start.chunks(CHUNK) {
-                let mut qb = sqlx::QueryBuilder::new("UPDATE dag_run SET state = 'running', start_date = ");
-                qb.push_bind(now).push(" WHERE id IN ");
+                let mut qb = sqlx::QueryBuilder::new("UPDATE dag_run SET state = ");
+                qb.push_bind(DagRunState::Running.as_str())
+                    .push(", start_date = ")
+                    .push_bind(now).push(" WHERE id IN ");
                 push_in_list(&mut qb, chunk);
                 qb.build().execute(&mut *tx).await?;
             }
@@ -241,7 +284,12 @@ impl Store {
 
     /// Marks a run finished (`success` or `failed`), as an executor reports it, so the DAG's
     /// `max_active_runs` frees a place. A finished run cannot be marked again.
-    pub async fn finish_run(&self, dag_id: &str, run_id: &str, state: &str) -> Result<()> {
+    pub async fn finish_run(&self, dag_id: &str, run_id: &str, state: DagRunState) -> Result<()> {
+        if !state.is_finished() {
+            return Err(StoreError::Invalid(format!(
+                "a run is finished as `success` or `failed`, not `{state}`"
+            )));
+        }
         let now = crate::time::now();
         with_db!(self, pool => {
             let mut tx = pool.begin_with(self.begin_write()).await?;
@@ -251,13 +299,14 @@ impl Store {
                     .bind(run_id)
                     .fetch_optional(&mut *tx)
                     .await?;
-            match current.as_deref() {
+            let current = current.map(|s| s.parse::<DagRunState>()).transpose()?;
+            match current {
                 None => {
                     return Err(StoreError::NotFound(format!(
                         "DAG `{dag_id}` has no run `{run_id}`; `triggerer runs list --dag {dag_id}` shows its runs"
                     )))
                 }
-                Some(done @ ("success" | "failed")) => {
+                Some(done) if done.is_finished() => {
                     return Err(StoreError::Conflict(format!(
                         "run `{run_id}` of `{dag_id}` already ended ({done})"
                     )))
@@ -268,7 +317,7 @@ impl Store {
                 "UPDATE dag_run SET state = $1, end_date = $2, start_date = COALESCE(start_date, $2) \
                  WHERE dag_id = $3 AND run_id = $4",
             )
-            .bind(state)
+            .bind(state.as_str())
             .bind(now)
             .bind(dag_id)
             .bind(run_id)
@@ -295,7 +344,7 @@ impl Store {
         let run_id = run
             .run_id
             .clone()
-            .unwrap_or_else(|| timetable_run_id("manual", run_after));
+            .unwrap_or_else(|| DagRunType::Manual.run_id(run_after));
         let interval_start = run.data_interval.map(|i| i.start).or(run.logical_date);
         let interval_end = run.data_interval.map(|i| i.end).or(run.logical_date);
         with_db!(self, pool => {
@@ -329,21 +378,22 @@ impl Store {
                     )
                 }));
             }
-            sqlx::query(
-                "INSERT INTO dag_run (dag_id, run_id, run_type, state, logical_date, data_interval_start, \
-                 data_interval_end, run_after, conf, queued_at) \
-                 VALUES ($1, $2, 'manual', 'queued', $3, $4, $5, $6, $7, $8)",
-            )
-            .bind(&run.dag_id)
-            .bind(&run_id)
-            .bind(run.logical_date)
-            .bind(interval_start)
-            .bind(interval_end)
-            .bind(run_after)
-            .bind(Json(&run.conf))
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
+            let new = NewDagRun {
+                dag_id: &run.dag_id,
+                run_id: run_id.clone(),
+                run_type: DagRunType::Manual,
+                logical_date: run.logical_date,
+                data_interval: interval_start.zip(interval_end).map(|(start, end)| DataInterval { start, end }),
+                run_after,
+                conf: &run.conf,
+                creating_job_id: None,
+            };
+            if super::insert_dag_runs!(tx, std::slice::from_ref(&new), now).is_empty() {
+                return Err(StoreError::Conflict(format!(
+                    "DAG `{}` already has a run with run id `{run_id}`",
+                    run.dag_id
+                )));
+            }
             tx.commit().await?;
             Ok(run_id)
         })

@@ -10,8 +10,10 @@ use serde_json::Value;
 use sqlx::types::Json;
 use sqlx::Row;
 
+use super::NewDagRun;
 use super::{push_in_list, with_db, Result, Store, StoreError, CHUNK};
-use crate::timetable::{run_id, DagRunInfo, DataInterval, TimeRestriction};
+use crate::dag_run::{DagRunState, DagRunType};
+use crate::timetable::{DagRunInfo, DataInterval, TimeRestriction};
 
 /// What the scheduler needs to know about a DAG's time schedule.
 #[derive(Debug, Clone, PartialEq)]
@@ -51,6 +53,95 @@ struct LockedDag {
     /// The data interval of a run already at the slot's logical date (the slot's where the
     /// run has none).
     existing: Option<DataInterval>,
+}
+
+/// Locks and reads the rows of `$ids` (due DAGs) on `$tx` with `$lock` (SKIP LOCKED leaves
+/// out DAGs another scheduler holds): what each says now, with its active non-backfill runs
+/// and any run already at the stored slot's logical date. Both scheduling paths read this way.
+macro_rules! lock_due_dags {
+    ($tx:expr, $ids:expr, $lock:expr) => {{
+        let ids: &[&str] = $ids;
+        let mut locked: HashMap<String, LockedDag> = HashMap::with_capacity(ids.len());
+        for chunk in ids.chunks(CHUNK) {
+            let mut qb = sqlx::QueryBuilder::new(
+                "SELECT d.dag_id, d.is_paused, d.is_stale, d.next_dagrun_data_interval_start, \
+                 d.next_dagrun_data_interval_end, d.next_dagrun_create_after, \
+                 (SELECT count(*) FROM dag_run x WHERE x.dag_id = d.dag_id \
+                  AND x.state IN ('queued', 'running') AND x.run_type <> 'backfill') AS active, \
+                 (SELECT x.id FROM dag_run x WHERE x.dag_id = d.dag_id \
+                  AND x.logical_date = d.next_dagrun_data_interval_start) AS existing_id, \
+                 (SELECT x.data_interval_start FROM dag_run x WHERE x.dag_id = d.dag_id \
+                  AND x.logical_date = d.next_dagrun_data_interval_start) AS existing_start, \
+                 (SELECT x.data_interval_end FROM dag_run x WHERE x.dag_id = d.dag_id \
+                  AND x.logical_date = d.next_dagrun_data_interval_start) AS existing_end \
+                 FROM dag d WHERE d.dag_id IN ",
+            );
+            push_in_list(&mut qb, chunk);
+            qb.push($lock);
+            for row in qb.build().fetch_all(&mut *$tx).await? {
+                let live =
+                    !row.try_get::<bool, _>("is_paused")? && !row.try_get::<bool, _>("is_stale")?;
+                let slot = next_from_row(
+                    row.try_get("next_dagrun_data_interval_start")?,
+                    row.try_get("next_dagrun_data_interval_end")?,
+                    row.try_get("next_dagrun_create_after")?,
+                )
+                .filter(|_| live);
+                let existing = match (slot, row.try_get::<Option<i64>, _>("existing_id")?) {
+                    (Some(slot), Some(_)) => Some(DataInterval {
+                        start: row
+                            .try_get::<Option<DateTime<Utc>>, _>("existing_start")?
+                            .unwrap_or(slot.data_interval.start),
+                        end: row
+                            .try_get::<Option<DateTime<Utc>>, _>("existing_end")?
+                            .unwrap_or(slot.data_interval.end),
+                    }),
+                    _ => None,
+                };
+                locked.insert(
+                    row.try_get("dag_id")?,
+                    LockedDag {
+                        slot,
+                        active: row.try_get("active")?,
+                        existing,
+                    },
+                );
+            }
+        }
+        locked
+    }};
+}
+
+/// What to do with a due slot, as decided from its DAG's locked row.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Decision {
+    /// Another scheduler holds the DAG, it is paused or stale, or its slot moved meanwhile.
+    Skip,
+    AtMaxActiveRuns,
+    /// A run at the slot's logical date exists (manual or backfill), with this data interval:
+    /// move the slot past it.
+    MoveOn(DataInterval),
+    /// Create the slot's scheduled run.
+    Create(DagRunInfo),
+}
+
+/// The one decision both scheduling paths make for a due slot `expected`, read as `locked`
+/// (`None`: not locked, so another scheduler has it). Pure, so the single and the batched path
+/// cannot drift apart.
+fn decide(locked: Option<&LockedDag>, expected: DagRunInfo, max_active_runs: i64) -> Decision {
+    let Some(row) = locked else {
+        return Decision::Skip;
+    };
+    let Some(slot) = row.slot.filter(|s| *s == expected) else {
+        return Decision::Skip;
+    };
+    if row.active >= max_active_runs {
+        return Decision::AtMaxActiveRuns;
+    }
+    match row.existing {
+        Some(interval) => Decision::MoveOn(interval),
+        None => Decision::Create(slot),
+    }
 }
 
 /// What happened to a due slot.
@@ -237,51 +328,12 @@ impl Store {
         let now = crate::time::now();
         with_db!(self, pool => {
             let mut tx = pool.begin_with(self.begin_write()).await?;
-            let row = sqlx::query(&format!(
-                "SELECT is_paused, is_stale, next_dagrun_data_interval_start, \
-                 next_dagrun_data_interval_end, next_dagrun_create_after FROM dag WHERE dag_id = $1{lock}"
-            ))
-            .bind(dag_id)
-            .fetch_optional(&mut *tx)
-            .await?;
-            let Some(row) = row else { return Ok(SlotOutcome::Skipped) };
-            let live = !row.try_get::<bool, _>("is_paused")? && !row.try_get::<bool, _>("is_stale")?;
-            let slot = next_from_row(
-                row.try_get("next_dagrun_data_interval_start")?,
-                row.try_get("next_dagrun_data_interval_end")?,
-                row.try_get("next_dagrun_create_after")?,
-            );
-            let Some(slot) = slot.filter(|s| live && *s == expected) else {
-                return Ok(SlotOutcome::Skipped);
-            };
-
-            let active: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM dag_run WHERE dag_id = $1 AND state IN ('queued', 'running') \
-                 AND run_type <> 'backfill'",
-            )
-            .bind(dag_id)
-            .fetch_one(&mut *tx)
-            .await?;
-            if active >= policy.max_active_runs {
-                return Ok(SlotOutcome::AtMaxActiveRuns);
-            }
-
-            let existing = sqlx::query(
-                "SELECT data_interval_start, data_interval_end FROM dag_run WHERE dag_id = $1 AND logical_date = $2",
-            )
-            .bind(dag_id)
-            .bind(slot.logical_date())
-            .fetch_optional(&mut *tx)
-            .await?;
-            let (outcome, interval) = match existing {
-                Some(run) => {
-                    let interval = DataInterval {
-                        start: run.try_get::<Option<DateTime<Utc>>, _>("data_interval_start")?.unwrap_or(slot.data_interval.start),
-                        end: run.try_get::<Option<DateTime<Utc>>, _>("data_interval_end")?.unwrap_or(slot.data_interval.end),
-                    };
-                    (SlotOutcome::AlreadyExisted, interval)
-                }
-                None => {
+            let locked = lock_due_dags!(tx, &[dag_id], lock);
+            let (outcome, interval) = match decide(locked.get(dag_id), expected, policy.max_active_runs) {
+                Decision::Skip => return Ok(SlotOutcome::Skipped),
+                Decision::AtMaxActiveRuns => return Ok(SlotOutcome::AtMaxActiveRuns),
+                Decision::MoveOn(interval) => (SlotOutcome::AlreadyExisted, interval),
+                Decision::Create(slot) => {
                     let mut consumed: Vec<i64> = Vec::new();
                     if let Some(gate) = policy.gate {
                         let queued = sqlx::query(
@@ -300,7 +352,8 @@ impl Store {
                             return Ok(SlotOutcome::WaitingForAssets);
                         }
                     }
-                    let id = run_id("scheduled", slot.run_after);
+                    let run = NewDagRun::of_slot(dag_id, DagRunType::Scheduled, slot, job_id);
+                    let id = run.run_id.clone();
                     // Taken by a run made by hand with this id (manual run ids may not use the
                     // prefix now, but older databases and the API may hold one): inserting would
                     // fail on every pass and the schedule would never move.
@@ -316,23 +369,14 @@ impl Store {
                         tx.commit().await?;
                         return Ok(SlotOutcome::RunIdTaken { run_id: id, run_type });
                     }
-                    let dag_run_id: i64 = sqlx::query(
-                        "INSERT INTO dag_run (dag_id, run_id, run_type, state, logical_date, data_interval_start, \
-                         data_interval_end, run_after, conf, queued_at, creating_job_id) \
-                         VALUES ($1, $2, 'scheduled', 'queued', $3, $4, $5, $6, $7, $8, $9) RETURNING id",
-                    )
-                    .bind(dag_id)
-                    .bind(&id)
-                    .bind(slot.logical_date())
-                    .bind(slot.data_interval.start)
-                    .bind(slot.data_interval.end)
-                    .bind(slot.run_after)
-                    .bind(Json(Value::Object(Default::default())))
-                    .bind(now)
-                    .bind(job_id)
-                    .fetch_one(&mut *tx)
-                    .await?
-                    .try_get("id")?;
+                    // Both clashes were ruled out above, under the DAG's lock.
+                    let Some((_, dag_run_id)) =
+                        super::insert_dag_runs!(tx, std::slice::from_ref(&run), now).pop()
+                    else {
+                        return Err(StoreError::Conflict(format!(
+                            "the scheduled run `{id}` of `{dag_id}` conflicts with an existing run"
+                        )));
+                    };
                     super::consume_queued_events!(tx, dag_run_id, dag_id, consumed);
                     (SlotOutcome::Created(id), slot.data_interval)
                 }
@@ -370,112 +414,39 @@ impl Store {
         let now = crate::time::now();
         with_db!(self, pool => {
             let mut tx = pool.begin_with(self.begin_write()).await?;
-            // What each DAG's row says now, with its active runs and any run already at the
-            // stored slot's logical date; SKIP LOCKED leaves out DAGs another scheduler holds.
-            let mut locked: HashMap<String, LockedDag> = HashMap::with_capacity(slots.len());
-            for chunk in slots.chunks(CHUNK) {
-                let mut qb = sqlx::QueryBuilder::new(
-                    "SELECT d.dag_id, d.is_paused, d.is_stale, d.next_dagrun_data_interval_start, \
-                     d.next_dagrun_data_interval_end, d.next_dagrun_create_after, \
-                     (SELECT count(*) FROM dag_run x WHERE x.dag_id = d.dag_id \
-                      AND x.state IN ('queued', 'running') AND x.run_type <> 'backfill') AS active, \
-                     (SELECT x.id FROM dag_run x WHERE x.dag_id = d.dag_id \
-                      AND x.logical_date = d.next_dagrun_data_interval_start) AS existing_id, \
-                     (SELECT x.data_interval_start FROM dag_run x WHERE x.dag_id = d.dag_id \
-                      AND x.logical_date = d.next_dagrun_data_interval_start) AS existing_start, \
-                     (SELECT x.data_interval_end FROM dag_run x WHERE x.dag_id = d.dag_id \
-                      AND x.logical_date = d.next_dagrun_data_interval_start) AS existing_end \
-                     FROM dag d WHERE d.dag_id IN ",
-                );
-                let ids: Vec<&str> = chunk.iter().map(|s| s.dag_id).collect();
-                push_in_list(&mut qb, &ids);
-                qb.push(lock);
-                for row in qb.build().fetch_all(&mut *tx).await? {
-                    let live = !row.try_get::<bool, _>("is_paused")?
-                        && !row.try_get::<bool, _>("is_stale")?;
-                    let slot = next_from_row(
-                        row.try_get("next_dagrun_data_interval_start")?,
-                        row.try_get("next_dagrun_data_interval_end")?,
-                        row.try_get("next_dagrun_create_after")?,
-                    )
-                    .filter(|_| live);
-                    let existing = match (slot, row.try_get::<Option<i64>, _>("existing_id")?) {
-                        (Some(slot), Some(_)) => Some(DataInterval {
-                            start: row
-                                .try_get::<Option<DateTime<Utc>>, _>("existing_start")?
-                                .unwrap_or(slot.data_interval.start),
-                            end: row
-                                .try_get::<Option<DateTime<Utc>>, _>("existing_end")?
-                                .unwrap_or(slot.data_interval.end),
-                        }),
-                        _ => None,
-                    };
-                    locked.insert(
-                        row.try_get("dag_id")?,
-                        LockedDag {
-                            slot,
-                            active: row.try_get("active")?,
-                            existing,
-                        },
-                    );
-                }
-            }
+            let ids: Vec<&str> = slots.iter().map(|s| s.dag_id).collect();
+            let locked = lock_due_dags!(tx, &ids, lock);
 
             // Decide in memory: (index into slots, run id to create or None, next slot).
             let mut outcomes: Vec<SlotOutcome> = Vec::with_capacity(slots.len());
             let mut creates: Vec<(usize, String)> = Vec::new();
             let mut moves: Vec<(usize, Option<DagRunInfo>)> = Vec::new();
             for (i, due) in slots.iter().enumerate() {
-                let Some(row) = locked.get(due.dag_id) else {
-                    outcomes.push(SlotOutcome::Skipped);
-                    continue;
-                };
-                let Some(slot) = row.slot.filter(|s| *s == due.expected) else {
-                    outcomes.push(SlotOutcome::Skipped);
-                    continue;
-                };
-                if row.active >= due.policy.max_active_runs {
-                    outcomes.push(SlotOutcome::AtMaxActiveRuns);
-                    continue;
-                }
-                match row.existing {
-                    Some(interval) => {
+                match decide(locked.get(due.dag_id), due.expected, due.policy.max_active_runs) {
+                    Decision::Skip => outcomes.push(SlotOutcome::Skipped),
+                    Decision::AtMaxActiveRuns => outcomes.push(SlotOutcome::AtMaxActiveRuns),
+                    Decision::MoveOn(interval) => {
                         moves.push((i, (due.policy.next_after)(interval)));
                         outcomes.push(SlotOutcome::AlreadyExisted);
                     }
-                    None => {
-                        let id = run_id("scheduled", slot.run_after);
+                    Decision::Create(slot) => {
+                        let id = DagRunType::Scheduled.run_id(slot.run_after);
                         creates.push((i, id.clone()));
                         outcomes.push(SlotOutcome::Created(id));
                     }
                 }
             }
 
-            let mut inserted: HashSet<String> = HashSet::with_capacity(creates.len());
-            // 9 values a run: well under SQLite's limit on bound values per statement.
-            for chunk in creates.chunks(CHUNK / 5) {
-                let mut qb = sqlx::QueryBuilder::new(
-                    "INSERT INTO dag_run (dag_id, run_id, run_type, state, logical_date, data_interval_start, \
-                     data_interval_end, run_after, conf, queued_at, creating_job_id) ",
-                );
-                qb.push_values(chunk, |mut b, (i, id)| {
-                    let slot = slots[*i].expected;
-                    b.push_bind(slots[*i].dag_id)
-                        .push_bind(id)
-                        .push_unseparated(", 'scheduled', 'queued'")
-                        .push_bind(slot.logical_date())
-                        .push_bind(slot.data_interval.start)
-                        .push_bind(slot.data_interval.end)
-                        .push_bind(slot.run_after)
-                        .push_bind(Json(Value::Object(Default::default())))
-                        .push_bind(now)
-                        .push_bind(job_id);
-                });
-                qb.push(" ON CONFLICT DO NOTHING RETURNING dag_id");
-                for row in qb.build().fetch_all(&mut *tx).await? {
-                    inserted.insert(row.try_get("dag_id")?);
-                }
-            }
+            let runs: Vec<NewDagRun<'_>> = creates
+                .iter()
+                .map(|(i, _)| {
+                    NewDagRun::of_slot(slots[*i].dag_id, DagRunType::Scheduled, slots[*i].expected, job_id)
+                })
+                .collect();
+            let inserted: HashSet<String> = super::insert_dag_runs!(tx, &runs, now)
+                .into_iter()
+                .map(|(dag_id, _)| dag_id)
+                .collect();
             let taken: Vec<&str> = creates
                 .iter()
                 .map(|(i, _)| slots[*i].dag_id)
@@ -538,7 +509,10 @@ impl Store {
                 .fetch_optional(&mut *tx)
                 .await?;
                 match existing {
-                    Some((id, state)) if reprocess && (state == "success" || state == "failed") => {
+                    Some((id, state))
+                        if reprocess
+                            && state.parse::<DagRunState>().is_ok_and(DagRunState::is_finished) =>
+                    {
                         sqlx::query(
                             "UPDATE dag_run SET state = 'queued', queued_at = $1, start_date = NULL, \
                              end_date = NULL WHERE id = $2",
@@ -551,22 +525,12 @@ impl Store {
                     }
                     Some(_) => report.skipped += 1,
                     None => {
-                        sqlx::query(
-                            "INSERT INTO dag_run (dag_id, run_id, run_type, state, logical_date, data_interval_start, \
-                             data_interval_end, run_after, conf, queued_at) \
-                             VALUES ($1, $2, 'backfill', 'queued', $3, $4, $5, $6, $7, $8)",
-                        )
-                        .bind(dag_id)
-                        .bind(run_id("backfill", slot.run_after))
-                        .bind(slot.logical_date())
-                        .bind(slot.data_interval.start)
-                        .bind(slot.data_interval.end)
-                        .bind(slot.run_after)
-                        .bind(Json(Value::Object(Default::default())))
-                        .bind(now)
-                        .execute(&mut *tx)
-                        .await?;
-                        report.created += 1;
+                        let run = NewDagRun::of_slot(dag_id, DagRunType::Backfill, *slot, None);
+                        if super::insert_dag_runs!(tx, std::slice::from_ref(&run), now).is_empty() {
+                            report.skipped += 1;
+                        } else {
+                            report.created += 1;
+                        }
                     }
                 }
                 progress(i + 1);

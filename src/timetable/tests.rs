@@ -2,8 +2,8 @@
 //! pendulum (Airflow's own dependencies) for DST: the expected instants below were produced by
 //! Airflow 3.3's `_get_next`/`_get_prev` logic run with croniter 7.0 and pendulum 3.3.
 
+use super::schedule::parse;
 use super::*;
-use crate::definitions::schedule::parse;
 use serde_json::json;
 
 fn t(s: &str) -> DateTime<Utc> {
@@ -411,18 +411,6 @@ fn once_continuous_null_and_assets() {
     assert_eq!(
         runs(&and, r, t(NOW), 1)[0].run_after,
         t("2025-01-03T06:00:00Z")
-    );
-}
-
-#[test]
-fn run_ids_follow_airflow() {
-    assert_eq!(
-        run_id("scheduled", t("2021-09-05T00:00:00Z")),
-        "scheduled__2021-09-05T00:00:00+00:00"
-    );
-    assert_eq!(
-        run_id("backfill", t("2021-09-05T00:00:00Z")),
-        "backfill__2021-09-05T00:00:00+00:00"
     );
 }
 

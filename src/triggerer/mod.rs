@@ -66,7 +66,7 @@ pub async fn run(
     let (events, writer) =
         writer::spawn(store.clone(), job_id, options.channel_capacity, committed);
     let mut reported_failing = false;
-    let mut supervisor = Supervisor::new(registry, store.clone(), events);
+    let mut supervisor = Supervisor::new(registry, store.clone(), events, options.shutdown_grace);
     let mut ticker = tokio::time::interval(options.loop_interval);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut last_heartbeat: Option<Instant> = None;
@@ -78,6 +78,7 @@ pub async fn run(
             _ = shutdown.cancelled() => break,
             report = supervisor.next_report() => supervisor.on_report(report).await,
             _ = ticker.tick() => {
+                supervisor.abort_overdue();
                 // A triggerer whose events cannot commit is not alive in any way that matters:
                 // without a heartbeat its triggers go to a triggerer that can write (or, alone,
                 // are stopped), instead of looking `running` while nothing is recorded.
@@ -126,7 +127,7 @@ pub async fn run(
     }
 
     info!("triggerer stopping");
-    supervisor.shutdown(options.shutdown_grace).await;
+    supervisor.shutdown().await;
     // Dropping the supervisor drops the last event sender: the writer drains and exits. One
     // still failing after the grace gives up: its events were never acknowledged.
     drop(supervisor);

@@ -1,6 +1,7 @@
-//! The supervisor: one tokio task per assigned trigger. It starts what was assigned, cancels
-//! what was taken away, and restarts a trigger that failed, ended or panicked, with exponential
-//! backoff, while every other trigger goes on. It records each failure on the trigger row so
+//! The supervisor: one tokio task per assigned trigger, in one [`JoinSet`]. It starts what was
+//! assigned, cancels what was taken away (aborting it if it has not stopped within a grace
+//! period), and restarts a trigger that failed, ended or panicked, with exponential backoff,
+//! while every other trigger goes on. It records each failure on the trigger row so
 //! `triggers list` shows it. It must not touch events: those go from the trigger straight to
 //! the writer.
 
@@ -8,7 +9,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
+use tokio::task::{AbortHandle, JoinSet};
 use tokio::time::Instant;
 use tracing::{error, info, warn};
 use triggerer_sdk::{
@@ -43,9 +44,7 @@ pub enum Report {
 struct Running {
     generation: u64,
     cancel: CancellationToken,
-    handle: JoinHandle<()>,
-    /// Aborts the trigger itself (the handle above is its reporting wrapper).
-    abort: tokio::task::AbortHandle,
+    abort: AbortHandle,
     started: Instant,
     /// Takes this start's secrets out of its errors and warnings.
     scrubber: secrets::Scrubber,
@@ -66,17 +65,29 @@ pub struct Supervisor {
     /// one could not finish, so the next loop reads the assignment again.
     assigned: Option<usize>,
     generation: u64,
-    finished_tx: mpsc::UnboundedSender<Finished>,
-    /// Each trigger task reports its end here; [`Supervisor::next_finished`] reads it.
-    finished_rx: mpsc::UnboundedReceiver<Finished>,
+    /// Every trigger task, running or stopping; a panic surfaces here as a `JoinError`, never
+    /// as a dead supervisor.
+    tasks: JoinSet<Result<(), TriggerError>>,
+    /// Which trigger start (trigger id, generation) each task is.
+    task_of: HashMap<tokio::task::Id, (i64, u64)>,
+    /// Triggers cancelled because they were taken away, with when to abort them if they
+    /// have not stopped by then (a trigger stuck in a blocking call must not run on).
+    stopping: HashMap<tokio::task::Id, (AbortHandle, Instant)>,
+    /// How long a cancelled trigger may take to finish its acknowledgements.
+    grace: Duration,
     warnings_tx: mpsc::UnboundedSender<Warning>,
-    /// What running triggers skipped; [`Supervisor::next_warning`] reads it.
+    /// What running triggers skipped; [`Supervisor::next_report`] reads it.
     warnings_rx: mpsc::UnboundedReceiver<Warning>,
 }
 
 impl Supervisor {
-    pub fn new(registry: ProviderRegistry, store: Store, events: mpsc::Sender<Envelope>) -> Self {
-        let (finished_tx, finished_rx) = mpsc::unbounded_channel();
+    /// `grace`: how long a trigger that was taken away may take to stop before it is aborted.
+    pub fn new(
+        registry: ProviderRegistry,
+        store: Store,
+        events: mpsc::Sender<Envelope>,
+        grace: Duration,
+    ) -> Self {
         let (warnings_tx, warnings_rx) = mpsc::unbounded_channel();
         Self {
             registry,
@@ -86,8 +97,10 @@ impl Supervisor {
             backoff: HashMap::new(),
             assigned: None,
             generation: 0,
-            finished_tx,
-            finished_rx,
+            tasks: JoinSet::new(),
+            task_of: HashMap::new(),
+            stopping: HashMap::new(),
+            grace,
             warnings_tx,
             warnings_rx,
         }
@@ -126,10 +139,12 @@ impl Supervisor {
             .filter(|id| !wanted.contains(id))
             .copied()
             .collect();
+        let deadline = Instant::now() + self.grace;
         for id in gone {
             if let Some(run) = self.running.remove(&id) {
                 info!(trigger_id = id, "trigger unassigned; cancelling");
                 run.cancel.cancel();
+                self.stopping.insert(run.abort.id(), (run.abort, deadline));
             }
         }
         self.backoff.retain(|id, _| wanted.contains(id));
@@ -198,18 +213,8 @@ impl Supervisor {
             cancel: cancel.clone(),
         };
         let trigger_id = trigger.id;
-        let finished = self.finished_tx.clone();
-        // The inner task isolates panics: they surface as a JoinError, not a dead supervisor.
-        let inner = tokio::spawn(event_trigger.run(ctx));
-        let abort = inner.abort_handle();
-        let handle = tokio::spawn(async move {
-            let outcome = inner.await;
-            let _ = finished.send(Finished {
-                trigger_id,
-                generation,
-                outcome,
-            });
-        });
+        let abort = self.tasks.spawn(event_trigger.run(ctx));
+        self.task_of.insert(abort.id(), (trigger_id, generation));
         info!(trigger_id, classpath = %trigger.classpath, "trigger started");
         secrets::register_running(generation, &scrubber);
         self.running.insert(
@@ -217,7 +222,6 @@ impl Supervisor {
             Running {
                 generation,
                 cancel,
-                handle,
                 abort,
                 started: Instant::now(),
                 scrubber,
@@ -227,10 +231,37 @@ impl Supervisor {
 
     /// Waits for the next thing a trigger task reports: its end, or a warning.
     pub async fn next_report(&mut self) -> Report {
-        tokio::select! {
-            Some(finished) = self.finished_rx.recv() => Report::Finished(finished),
-            Some(warning) = self.warnings_rx.recv() => Report::Warning(warning),
+        loop {
+            let joined = tokio::select! {
+                Some(joined) = self.tasks.join_next_with_id() => joined,
+                Some(warning) = self.warnings_rx.recv() => return Report::Warning(warning),
+            };
+            let (id, outcome) = match joined {
+                Ok((id, result)) => (id, Ok(result)),
+                Err(error) => (error.id(), Err(error)),
+            };
+            self.stopping.remove(&id);
+            if let Some((trigger_id, generation)) = self.task_of.remove(&id) {
+                return Report::Finished(Finished {
+                    trigger_id,
+                    generation,
+                    outcome,
+                });
+            }
         }
+    }
+
+    /// Aborts the triggers that were taken away and have not stopped within the grace period.
+    pub fn abort_overdue(&mut self) {
+        let now = Instant::now();
+        self.stopping.retain(|_, (abort, deadline)| {
+            if *deadline > now {
+                return true;
+            }
+            warn!("a trigger taken away did not stop within its grace period; aborting it");
+            abort.abort();
+            false
+        });
     }
 
     /// Handles what [`Supervisor::next_report`] returned.
@@ -336,23 +367,35 @@ impl Supervisor {
         }
     }
 
-    /// Cancels every trigger and waits up to `grace` for them to finish their acknowledgements.
-    pub async fn shutdown(&mut self, grace: Duration) {
+    /// Cancels every trigger and waits up to the grace period for them to finish their
+    /// acknowledgements; aborts those still running then.
+    pub async fn shutdown(&mut self) {
         for run in self.running.values() {
             run.cancel.cancel();
         }
-        let deadline = Instant::now() + grace;
-        for (id, run) in self.running.drain() {
-            secrets::unregister_running(run.generation);
-            let mut handle = run.handle;
-            if tokio::time::timeout_at(deadline, &mut handle)
-                .await
-                .is_err()
-            {
-                warn!(trigger_id = id, "trigger did not stop in time; aborting it");
-                run.abort.abort();
-                handle.abort();
+        let deadline = Instant::now() + self.grace;
+        while !self.tasks.is_empty() {
+            match tokio::time::timeout_at(deadline, self.tasks.join_next_with_id()).await {
+                Ok(Some(Ok((id, _)))) => {
+                    self.task_of.remove(&id);
+                }
+                Ok(Some(Err(error))) => {
+                    self.task_of.remove(&error.id());
+                }
+                Ok(None) => break,
+                Err(_) => {
+                    for (trigger_id, _) in self.task_of.values() {
+                        warn!(trigger_id, "trigger did not stop in time; aborting it");
+                    }
+                    self.tasks.shutdown().await;
+                    break;
+                }
             }
         }
+        for (_, run) in self.running.drain() {
+            secrets::unregister_running(run.generation);
+        }
+        self.task_of.clear();
+        self.stopping.clear();
     }
 }

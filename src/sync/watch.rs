@@ -11,7 +11,8 @@ use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 use triggerer_sdk::CancellationToken;
 
-use super::{sync_snapshot, Snapshot, SyncError, SyncOptions};
+use super::{sync_snapshot, SyncError, SyncOptions};
+use crate::definitions::{is_definition_file, DefinitionErrors, Snapshot};
 use crate::registry::ProviderRegistry;
 use crate::store::Store;
 
@@ -66,7 +67,7 @@ pub async fn watch(
             if event.kind.is_access() {
                 return;
             }
-            if event.paths.iter().any(|p| super::is_definition_file(p)) || event.need_rescan() {
+            if event.paths.iter().any(|p| is_definition_file(p)) || event.need_rescan() {
                 let _ = tx.send(());
             }
         }) {
@@ -134,7 +135,7 @@ async fn settled_snapshot(
     paths: &[PathBuf],
     changes: &mut mpsc::UnboundedReceiver<()>,
     shutdown: &CancellationToken,
-) -> Option<Result<Snapshot, super::DefinitionErrors>> {
+) -> Option<Result<Snapshot, DefinitionErrors>> {
     let mut previous: Option<[u8; 32]> = None;
     loop {
         // Let the burst of writes settle.

@@ -9,13 +9,15 @@
 //! hour, the step found on the wall clock is added to the absolute time instead (Airflow's
 //! "fix DST" path), so no hour is run twice or skipped.
 
+pub mod schedule;
+
 use std::str::FromStr;
 
 use chrono::{DateTime, Duration, LocalResult, Months, NaiveDateTime, TimeZone, Timelike, Utc};
 use chrono_tz::Tz;
 
 use crate::asset_expression::AssetExpr;
-use crate::definitions::schedule::{Every, EveryUnit, PRESETS};
+use schedule::{Every, EveryUnit, PRESETS};
 
 /// `[start, end]` of a run's data. A trigger timetable's interval is a point (start == end).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -512,11 +514,6 @@ fn trigger_next(
         return None;
     }
     Some(DagRunInfo::interval(t, t))
-}
-
-/// Airflow's run id for a run of `run_type` (`scheduled`, `manual`, `backfill`) at `run_after`.
-pub fn run_id(run_type: &str, run_after: DateTime<Utc>) -> String {
-    format!("{run_type}__{}", crate::time::isoformat(run_after))
 }
 
 #[cfg(test)]

@@ -5,8 +5,8 @@ use std::str::FromStr;
 
 use serde_json::{json, Value};
 
+use super::{CronSchedule, Timetable};
 use crate::asset_expression::AssetExpr;
-use crate::timetable::{CronSchedule, Timetable};
 
 /// Airflow's presets and the cron expressions they stand for (`@once` and `@continuous` are not
 /// cron and are handled apart).

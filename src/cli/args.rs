@@ -1,0 +1,255 @@
+//! The command line's shape (README "Command line"): every command, flag and default, as clap
+//! reads them, and the checks of flag values that need no database. Nothing here runs.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+use clap::{Args, Parser, Subcommand};
+
+use crate::dag_run::DagRunState;
+use crate::telemetry::LogFormat;
+use crate::triggerer::TriggererOptions;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "triggerer",
+    version,
+    about = "Event-driven triggerer and scheduler (Airflow AIP-82 semantics)"
+)]
+pub struct Cli {
+    /// Database URL: sqlite://PATH (created if missing) or postgres://USER@HOST/DB.
+    #[arg(
+        long,
+        global = true,
+        env = "TRIGGERER_DATABASE_URL",
+        default_value = "sqlite://triggerer.db"
+    )]
+    pub database_url: String,
+    /// Log format.
+    #[arg(
+        long,
+        global = true,
+        env = "TRIGGERER_LOG_FORMAT",
+        value_enum,
+        default_value = "human"
+    )]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// DAG definitions and runs.
+    #[command(subcommand)]
+    Dags(DagsCommand),
+    /// Assets and their events.
+    #[command(subcommand)]
+    Assets(AssetsCommand),
+    /// Watcher triggers.
+    #[command(subcommand)]
+    Triggers(TriggersCommand),
+    /// DAG runs.
+    #[command(subcommand)]
+    Runs(RunsCommand),
+    /// Run the triggerer process.
+    Run(RunArgs),
+    /// Run the scheduler.
+    Scheduler(SchedulerArgs),
+    /// Run triggerer and scheduler in one process.
+    Standalone(RunArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct JsonFlag {
+    /// Print one JSON array instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DagsCommand {
+    /// Parse, validate and write definition files (all-or-nothing).
+    Sync {
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// Accept finding no definition file, or removing every asset and DAG now defined.
+        #[arg(long)]
+        allow_empty: bool,
+    },
+    /// List DAGs.
+    List(JsonFlag),
+    /// Pause a DAG: no new runs, no queued events.
+    Pause { dag_id: String },
+    /// Unpause a DAG.
+    Unpause { dag_id: String },
+    /// Print the next N runs the timetable will create.
+    NextRuns {
+        dag_id: String,
+        #[arg(short = 'n', long = "num", default_value_t = 5)]
+        n: usize,
+        /// Compute as of this RFC 3339 time instead of from the stored next slot.
+        #[arg(long)]
+        now: Option<String>,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// Create backfill runs for every slot with a logical date in [--from, --to].
+    Backfill {
+        dag_id: String,
+        /// RFC 3339 time.
+        #[arg(long)]
+        from: String,
+        /// RFC 3339 time.
+        #[arg(long)]
+        to: String,
+        /// Queue finished runs of the range again instead of skipping them.
+        #[arg(long)]
+        reprocess: bool,
+    },
+    /// Create a manual run.
+    Trigger {
+        dag_id: String,
+        #[arg(long)]
+        run_id: Option<String>,
+        /// Run configuration, a JSON object.
+        #[arg(long)]
+        conf: Option<String>,
+        /// RFC 3339 time.
+        #[arg(long)]
+        logical_date: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AssetsCommand {
+    /// List assets.
+    List(JsonFlag),
+    /// List asset events, oldest first.
+    Events {
+        #[arg(long)]
+        asset: Option<String>,
+        /// Show the newest N events (0 = all).
+        #[arg(long, default_value_t = 100)]
+        limit: u64,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// Record an asset event by hand.
+    Emit {
+        name: String,
+        /// The event's extra, a JSON object.
+        #[arg(long)]
+        extra: Option<String>,
+        /// Events with the same key for the same asset are recorded once.
+        #[arg(long)]
+        dedup_key: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TriggersCommand {
+    /// List triggers with owner, state, last event and last error.
+    List {
+        /// A triggerer silent for longer counts as dead (its triggers show as `orphaned`);
+        /// use the value the triggerers run with.
+        #[arg(long, env = "TRIGGERER_HEALTH_CHECK_THRESHOLD", default_value_t = 30.0)]
+        health_check_threshold: f64,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RunsCommand {
+    /// Mark a queued or running run finished (what an executor reports), freeing its place
+    /// under max_active_runs.
+    SetState {
+        dag_id: String,
+        run_id: String,
+        #[arg(value_parser = ["success", "failed"])]
+        state: String,
+    },
+    /// List DAG runs, oldest first.
+    List {
+        #[arg(long = "dag")]
+        dag_id: Option<String>,
+        #[arg(long, value_enum)]
+        state: Option<DagRunState>,
+        /// Show the newest N runs (0 = all).
+        #[arg(long, default_value_t = 100)]
+        limit: u64,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+}
+
+/// `--dags PATH` and how its syncs treat removals.
+#[derive(Debug, Args)]
+pub struct DagsArgs {
+    /// Sync definitions from PATH at start, whenever they change, and on SIGHUP.
+    #[arg(long)]
+    pub dags: Option<PathBuf>,
+    /// With --dags: accept finding no definition file, or removing every asset and DAG.
+    #[arg(long, requires = "dags")]
+    pub allow_empty: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub dags: DagsArgs,
+    /// Most triggers this process runs.
+    #[arg(long, env = "TRIGGERER_CAPACITY", default_value_t = 1000)]
+    pub capacity: usize,
+    /// Most triggers claimed in one assignment loop (Airflow's `max_trigger_to_select_per_loop`),
+    /// so one process starting first does not take everything from the others.
+    #[arg(long, env = "TRIGGERER_MAX_TRIGGERS_PER_LOOP", default_value_t = 50)]
+    pub max_triggers_per_loop: usize,
+    /// Seconds between heartbeats of this process's job row.
+    #[arg(long, env = "TRIGGERER_HEARTBEAT_INTERVAL", default_value_t = 5.0)]
+    pub heartbeat_interval: f64,
+    /// Seconds without a heartbeat after which a triggerer counts as dead and its triggers
+    /// are claimed by others.
+    #[arg(long, env = "TRIGGERER_HEALTH_CHECK_THRESHOLD", default_value_t = 30.0)]
+    pub health_check_threshold: f64,
+}
+
+impl RunArgs {
+    pub(crate) fn triggerer_options(&self) -> Result<TriggererOptions> {
+        if self.capacity == 0 {
+            bail!("--capacity: must be at least 1");
+        }
+        if self.max_triggers_per_loop == 0 {
+            bail!("--max-triggers-per-loop: must be at least 1");
+        }
+        Ok(TriggererOptions {
+            capacity: self.capacity,
+            max_triggers_per_loop: self.max_triggers_per_loop,
+            heartbeat_interval: seconds("--heartbeat-interval", self.heartbeat_interval)?,
+            health_threshold: seconds("--health-check-threshold", self.health_check_threshold)?,
+            ..TriggererOptions::default()
+        })
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct SchedulerArgs {
+    #[command(flatten)]
+    pub dags: DagsArgs,
+    /// Run passes until nothing more is due, then exit.
+    #[arg(long)]
+    pub once: bool,
+    /// Freeze the clock at this RFC 3339 time.
+    #[arg(long)]
+    pub now: Option<String>,
+}
+
+/// A positive, finite number of seconds from `flag`.
+pub(crate) fn seconds(flag: &str, v: f64) -> Result<std::time::Duration> {
+    if v.is_finite() && v > 0.0 {
+        Ok(std::time::Duration::from_secs_f64(v))
+    } else {
+        bail!("{flag}: must be a positive number of seconds, got {v}")
+    }
+}
