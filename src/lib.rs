@@ -5,29 +5,35 @@
 //! # Layout
 //!
 //! ```text
-//!  definition files --dags sync--> definitions --> store (dag, asset, trigger, asset_watcher, …)
+//!  definition files --sync--> definitions (validate) --> store (dag, asset, trigger, …)
 //!  triggerer: claim triggers -> supervisor (task per trigger) -> events -> writer
 //!             -> ONE transaction per batch: asset_event + asset_dag_run_queue + checkpoints
 //!             -> COMMIT -> only then the trigger acknowledges its source
-//!  scheduler: queued assets + asset expressions -> dag_run (queued) -> running
+//!  scheduler: timetables + queued assets -> dag_run (queued) -> running
 //! ```
 //!
-//! - [`cli`]: the command line (DESIGN §3); the binary's edge, the only place for `anyhow`.
-//! - [`definitions`]: reading and validating TOML definitions, and syncing them as one
-//!   reconciliation; `definitions::watch` re-syncs on change (`--dags`).
-//! - [`asset_expression`]: `a & (b | c)`: parsing, evaluation, names.
-//! - [`identity`]: a trigger's stable hash over canonical classpath and kwargs.
-//! - [`names`]: what a name (asset, DAG, watcher, run id, dedup key) may be, and escaping text
-//!   for a terminal.
-//! - [`registry`]: the providers built in (`builtin_providers()`), looked up by classpath.
-//! - [`secrets`]: `{ env = "NAME" }` references in kwargs, resolved only in the triggerer, and
-//!   masking of sensitive values wherever kwargs are shown.
+//! Modules, from the edge inwards (each depends only on those below it; see
+//! `docs/architecture.md`, and `scripts/module-cycles.py` checks it):
+//! - [`cli`]: the command line; the binary's edge, the only place for `anyhow`.
+//! - [`service`]: a running `run`/`scheduler`/`standalone`: starting its parts, readiness,
+//!   shutdown.
+//! - [`sync`]: writing validated definitions and aligning schedules; `sync::watch` re-syncs
+//!   `--dags` on change and on SIGHUP.
 //! - [`triggerer`]: the triggerer process: job and heartbeat, claiming, the
 //!   [`triggerer::supervisor`] and the [`triggerer::writer`].
-//! - [`scheduler`]: scheduling passes: asset-triggered runs, starting queued runs.
+//! - [`scheduler`]: scheduling passes: time-due and asset-triggered runs, starting queued runs.
+//! - [`definitions`]: reading and validating TOML definitions into a plan.
+//! - [`registry`]: the providers built in (`builtin_providers()`), looked up by classpath.
 //! - [`store`]: every SQL statement, for SQLite and PostgreSQL alike, and the migrations.
-//! - [`timetable`]: Airflow's timetables (cron, delta, presets, data intervals): the next slot.
-//! - [`telemetry`]: logging setup. [`time`]: UTC helpers shared by all.
+//! - [`timetable`]: Airflow's timetables (cron, delta, presets, data intervals) and the
+//!   `schedule` field that names them: the next slot, as pure functions.
+//! - [`asset_expression`]: `a & (b | c)`: parsing, evaluation, names.
+//! - [`identity`]: a trigger's stable hash over canonical classpath and kwargs.
+//! - [`secrets`]: `{ env = "NAME" }` references in kwargs, resolved only in the triggerer;
+//!   masking of sensitive values wherever kwargs are shown; scrubbing secrets out of errors.
+//! - [`names`]: what a name (asset, DAG, watcher, run id, dedup key) may be, and escaping text
+//!   for a terminal. [`dag_run`]: run states and run types.
+//! - [`telemetry`]: logging setup and the panic hook. [`time`]: UTC helpers shared by all.
 //!
 //! Providers live in their own crates (`providers/*`) and depend only on `triggerer-sdk`.
 

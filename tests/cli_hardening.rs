@@ -353,7 +353,7 @@ fn control_characters_are_refused_in_names_and_escaped_in_output_sqlite() {
 }
 
 /// PostgreSQL refused a NUL with a raw driver error and no `file:line`.
-#[cfg(feature = "integration")]
+#[cfg(feature = "integration-postgres")]
 #[test]
 fn control_characters_are_refused_in_names_and_escaped_in_output_postgres() {
     let runtime = tokio::runtime::Runtime::new().unwrap();

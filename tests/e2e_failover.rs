@@ -4,7 +4,7 @@
 //! written throughout become exactly one event each. And PostgreSQL going away mid-stream (a
 //! proxy cuts every connection for longer than the health threshold): the triggerer and the
 //! scheduler reconnect and carry on, none lost, none twice.
-#![cfg(feature = "integration")]
+#![cfg(feature = "integration-postgres")]
 
 mod common;
 

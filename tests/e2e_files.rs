@@ -197,7 +197,7 @@ fn thousand_files_with_kill_9_on_sqlite() {
     run_scenario(url);
 }
 
-#[cfg(feature = "integration")]
+#[cfg(feature = "integration-postgres")]
 #[test]
 fn thousand_files_with_kill_9_on_postgres() {
     let runtime = tokio::runtime::Runtime::new().expect("runtime");

@@ -1,7 +1,7 @@
 //! Kafka against a real broker (tansu from `scripts/test.sh`, or TRIGGERER_TEST_KAFKA): every
 //! message becomes exactly one asset event, across `kill -9`; one consumer serves many watchers;
 //! a dead cluster fails only its own watchers.
-#![cfg(feature = "integration")]
+#![cfg(feature = "integration-kafka")]
 
 mod common;
 

@@ -340,7 +340,7 @@ fn manual_and_backfill_runs_from_the_cli() {
     assert!(String::from_utf8_lossy(&manual_only.stderr).contains("DAG `nope` not found"));
 }
 
-#[cfg(feature = "integration")]
+#[cfg(feature = "integration-postgres")]
 #[test]
 fn two_schedulers_on_postgres_consume_every_event_once() {
     use std::collections::BTreeSet;

@@ -13,7 +13,7 @@
 //!
 //! `TRIGGERER_TEST_BIN` runs the binary test against another build of the binary (the one
 //! before a fix, to see the test catch the leak).
-#![cfg(feature = "integration")]
+#![cfg(all(feature = "integration-kafka", feature = "integration-sqs"))]
 
 mod common;
 

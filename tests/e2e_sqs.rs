@@ -1,6 +1,6 @@
 //! SQS against a real endpoint (moto from `scripts/test.sh`, or TRIGGERER_TEST_SQS_ENDPOINT):
 //! every message becomes exactly one asset event across `kill -9`, and is deleted only after.
-#![cfg(feature = "integration")]
+#![cfg(feature = "integration-sqs")]
 
 mod common;
 

@@ -6,7 +6,7 @@
 //! event was recorded even after space came back, while the heartbeat went on and the triggers
 //! looked `running`; and a deleted file went on taking commits that were lost at exit.
 
-#![cfg(feature = "integration")]
+#![cfg(feature = "integration-root")]
 
 mod common;
 

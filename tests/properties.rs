@@ -36,11 +36,18 @@ max_active_runs = 3
 
 [[dag]]
 dag_id = "nightly"
-schedule = "0 2 * * *"
+schedule = { cron = "0 2 * * *", timezone = "Europe/Amsterdam" }
 start_date = 2025-01-01T00:00:00Z
 catchup = true
-timezone = "Europe/Amsterdam"
 "#;
+
+#[test]
+fn the_template_is_valid_as_it_stands() {
+    let plan = load_str("defs.toml", TEMPLATE, &builtin_providers())
+        .unwrap_or_else(|e| panic!("the template must be valid unedited:\n{e}"));
+    assert_eq!((plan.assets.len(), plan.dags.len()), (2, 2));
+    assert_eq!(plan.assets[0].watchers.len(), 2);
+}
 
 fn assert_errors_point_inside(text: &str) {
     if let Err(errors) = load_str("defs.toml", text, &builtin_providers()) {

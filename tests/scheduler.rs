@@ -575,7 +575,7 @@ async fn a_taken_slot_run_id_is_skipped_sqlite() {
     .await;
 }
 
-#[cfg(feature = "integration")]
+#[cfg(feature = "integration-postgres")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_taken_slot_run_id_is_skipped_postgres() {
     let (store, url) = common::postgres_store().await;

@@ -301,7 +301,7 @@ fn toml_to_json(value: &toml::Value) -> Value {
 }
 
 /// A TOML datetime or RFC 3339 string as UTC. A date alone is midnight UTC; a local date-time
-/// is taken as UTC (DESIGN §3: "UTC unless a zone is given").
+/// is taken as UTC (README "Command line": times are UTC unless a zone is given).
 fn parse_date(value: &toml::Value) -> Result<DateTime<Utc>, String> {
     let text = match value {
         toml::Value::Datetime(d) => d.to_string(),

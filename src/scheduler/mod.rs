@@ -17,6 +17,7 @@ use triggerer_sdk::CancellationToken;
 use std::collections::BTreeSet;
 
 use crate::asset_expression::AssetExpr;
+use crate::store::JobId;
 use crate::store::{
     AssetCondition, DagTiming, DueSlot, SlotOutcome, SlotPolicy, Store, StoreError,
 };
@@ -76,7 +77,7 @@ pub async fn run(
 ) -> Result<(), StoreError> {
     let hostname = gethostname::gethostname().to_string_lossy().into_owned();
     let job_id = store.create_job(SCHEDULER_JOB, &hostname).await?;
-    info!(job_id, "scheduler started");
+    info!(job_id = %job_id, "scheduler started");
     // Align every DAG's next slot with this scheduler's clock, as a DAG-processor parse would.
     refresh_next_dagruns(&store, options.now.unwrap_or_else(crate::time::now)).await?;
     let mut last_heartbeat = Instant::now();
@@ -206,7 +207,7 @@ async fn create_due_runs(
     due: &[(DagTiming, Timetable)],
     slots: &[Option<DagRunInfo>],
     now: DateTime<Utc>,
-    job_id: Option<i64>,
+    job_id: Option<JobId>,
 ) -> Result<Vec<(usize, Result<SlotOutcome, StoreError>)>, StoreError> {
     let next_after: Vec<_> = due
         .iter()
@@ -338,7 +339,7 @@ pub fn backfill_slots(
 pub async fn pass(
     store: &Store,
     now: DateTime<Utc>,
-    job_id: Option<i64>,
+    job_id: Option<JobId>,
     max_scheduled: i64,
 ) -> Result<PassReport, StoreError> {
     let mut report = PassReport::default();

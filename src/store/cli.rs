@@ -1,4 +1,4 @@
-//! Read models for the CLI's `list` commands, with the field names DESIGN §3 fixes, and the
+//! Read models for the CLI's `list` commands, with the field names README "Command line" lists, and the
 //! small writes the CLI makes directly (pause, asset lookup for `assets emit`).
 
 use chrono::{DateTime, Utc};

@@ -10,7 +10,7 @@ use sqlx::types::Json;
 use sqlx::Row;
 use triggerer_sdk::{Checkpoint, NotCommitted};
 
-use super::{push_in_list, with_db, Result, Store, CHUNK};
+use super::{push_in_list, with_db, JobId, Result, Store, CHUNK};
 
 /// Where an event comes from, which decides the assets it is recorded for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,7 +53,7 @@ impl Store {
     pub async fn write_events(
         &self,
         events: &[NewEvent],
-        fence: Option<i64>,
+        fence: Option<JobId>,
     ) -> Result<Vec<Result<u32, NotCommitted>>> {
         let now = crate::time::now();
         let trigger_ids: Vec<i64> = {

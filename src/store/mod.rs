@@ -26,7 +26,7 @@ pub use events::{NewEvent, Origin};
 pub use runs::{ManualRun, NewDagRun, QueuedDag};
 pub use schedule::{BackfillReport, DagTiming, DueSlot, SlotOutcome, SlotPolicy};
 pub use sync::{AssetPlan, DagPlan, SyncPlan, SyncReport, WatcherPlan};
-pub use triggers::{AssignedTrigger, Claim, SCHEDULER_JOB, TRIGGERER_JOB};
+pub use triggers::{AssignedTrigger, Claim, JobId, SCHEDULER_JOB, TRIGGERER_JOB};
 
 /// A caller's asset condition, asked with the names of the assets a DAG has queued events for
 /// (re-checked by the store on the rows it locked).

@@ -8,7 +8,7 @@ use rand::distr::{Alphanumeric, SampleString};
 use serde_json::Value;
 use sqlx::Row;
 
-use super::{push_in_list, with_db, Result, Store, StoreError, CHUNK};
+use super::{push_in_list, with_db, JobId, Result, Store, StoreError, CHUNK};
 use crate::dag_run::{DagRunState, DagRunType};
 use crate::time::isoformat;
 use crate::timetable::DataInterval;
@@ -35,7 +35,7 @@ pub struct NewDagRun<'a> {
     pub data_interval: Option<DataInterval>,
     pub run_after: DateTime<Utc>,
     pub conf: &'a Value,
-    pub creating_job_id: Option<i64>,
+    pub creating_job_id: Option<JobId>,
 }
 
 /// The conf of runs the scheduler makes: `{}`.
@@ -48,7 +48,7 @@ impl<'a> NewDagRun<'a> {
         dag_id: &'a str,
         run_type: DagRunType,
         slot: crate::timetable::DagRunInfo,
-        creating_job_id: Option<i64>,
+        creating_job_id: Option<JobId>,
     ) -> Self {
         Self {
             dag_id,
@@ -131,7 +131,7 @@ impl Store {
     pub async fn create_asset_triggered_run(
         &self,
         dag_id: &str,
-        job_id: Option<i64>,
+        job_id: Option<JobId>,
         ready: &super::AssetCondition<'_>,
     ) -> Result<Option<String>> {
         let lock = self.skip_locked();

@@ -11,7 +11,7 @@ use sqlx::types::Json;
 use sqlx::Row;
 
 use super::NewDagRun;
-use super::{push_in_list, with_db, Result, Store, StoreError, CHUNK};
+use super::{push_in_list, with_db, JobId, Result, Store, StoreError, CHUNK};
 use crate::dag_run::{DagRunState, DagRunType};
 use crate::timetable::{DagRunInfo, DataInterval, TimeRestriction};
 
@@ -322,7 +322,7 @@ impl Store {
         dag_id: &str,
         expected: DagRunInfo,
         policy: &SlotPolicy<'_>,
-        job_id: Option<i64>,
+        job_id: Option<JobId>,
     ) -> Result<SlotOutcome> {
         let lock = self.skip_locked();
         let now = crate::time::now();
@@ -399,7 +399,7 @@ impl Store {
     pub async fn create_scheduled_runs(
         &self,
         slots: &[DueSlot<'_>],
-        job_id: Option<i64>,
+        job_id: Option<JobId>,
     ) -> Result<Vec<SlotOutcome>> {
         if slots.is_empty() {
             return Ok(Vec::new());

@@ -9,6 +9,18 @@ use sqlx::Row;
 
 use super::{push_in_list, with_db, Result, Store, CHUNK};
 
+/// A `job` row's id: one running triggerer or scheduler process. It crosses the triggerer,
+/// the scheduler and the store (claims, fencing, the runs a scheduler created), so it has a type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, sqlx::Type)]
+#[sqlx(transparent)]
+pub struct JobId(i64);
+
+impl std::fmt::Display for JobId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
 pub const TRIGGERER_JOB: &str = "TriggererJob";
 pub const SCHEDULER_JOB: &str = "SchedulerJob";
 
@@ -31,7 +43,7 @@ pub struct Claim {
 
 impl Store {
     /// Registers a running process (`TriggererJob`, `SchedulerJob`) and returns its job id.
-    pub async fn create_job(&self, job_type: &str, hostname: &str) -> Result<i64> {
+    pub async fn create_job(&self, job_type: &str, hostname: &str) -> Result<JobId> {
         let now = crate::time::now();
         with_db!(self, pool => {
             let row = sqlx::query(
@@ -47,7 +59,7 @@ impl Store {
         })
     }
 
-    pub async fn heartbeat(&self, job_id: i64) -> Result<()> {
+    pub async fn heartbeat(&self, job_id: JobId) -> Result<()> {
         let now = crate::time::now();
         with_db!(self, pool => {
             sqlx::query("UPDATE job SET latest_heartbeat = $1 WHERE id = $2")
@@ -61,7 +73,7 @@ impl Store {
 
     /// Marks the job ended and hands its triggers back at once, so another triggerer can pick
     /// them up without waiting for the health threshold.
-    pub async fn end_job(&self, job_id: i64) -> Result<()> {
+    pub async fn end_job(&self, job_id: JobId) -> Result<()> {
         let now = crate::time::now();
         with_db!(self, pool => {
             let mut tx = pool.begin_with(self.begin_write()).await?;
@@ -84,7 +96,7 @@ impl Store {
     /// `capacity` in total and `max_per_loop` in this call.
     pub async fn assign_unassigned(
         &self,
-        job_id: i64,
+        job_id: JobId,
         capacity: usize,
         max_per_loop: usize,
         alive_since: DateTime<Utc>,
@@ -129,7 +141,7 @@ impl Store {
     }
 
     /// The triggers this triggerer owns now.
-    pub async fn triggers_for(&self, job_id: i64) -> Result<Vec<AssignedTrigger>> {
+    pub async fn triggers_for(&self, job_id: JobId) -> Result<Vec<AssignedTrigger>> {
         with_db!(self, pool => {
             let rows = sqlx::query(
                 "SELECT id, classpath, kwargs FROM trigger WHERE triggerer_id = $1 ORDER BY id",

@@ -1,5 +1,5 @@
-//! Timetables: when a DAG's automated runs are due, with Airflow 3.3's semantics
-//! (reference/airflow-semantics.md §6). Pure functions of a schedule, the last automated run,
+//! Timetables: when a DAG's automated runs are due, with Airflow 3.3's semantics (README
+//! "Schedules"). Pure functions of a schedule, the last automated run,
 //! the DAG's time restriction and a clock — no I/O — so the scheduler, `dags next-runs` and
 //! `dags backfill` all ask the same questions and get the same answers.
 //!

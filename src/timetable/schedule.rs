@@ -1,4 +1,4 @@
-//! The `schedule` of a DAG as the definition file writes it (DESIGN §4): checked here, stored
+//! The `schedule` of a DAG as the definition file writes it (README "Definition files"): checked here, stored
 //! as JSON, turned into timetables by the scheduler. Every mistake names the `schedule` field.
 
 use std::str::FromStr;

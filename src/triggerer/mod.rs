@@ -15,7 +15,7 @@ use tracing::{error, info, warn};
 use triggerer_sdk::CancellationToken;
 
 use crate::registry::ProviderRegistry;
-use crate::store::{Store, StoreError};
+use crate::store::{JobId, Store, StoreError};
 use supervisor::Supervisor;
 
 pub use crate::store::TRIGGERER_JOB;
@@ -61,7 +61,7 @@ pub async fn run(
 ) -> Result<(), StoreError> {
     let hostname = gethostname::gethostname().to_string_lossy().into_owned();
     let job_id = store.create_job(TRIGGERER_JOB, &hostname).await?;
-    info!(job_id, capacity = options.capacity, "triggerer started");
+    info!(job_id = %job_id, capacity = options.capacity, "triggerer started");
 
     let (events, writer) =
         writer::spawn(store.clone(), job_id, options.channel_capacity, committed);
@@ -147,14 +147,14 @@ pub async fn run(
         warn!(error = %e, "event writer ended abnormally");
     }
     store.end_job(job_id).await?;
-    info!(job_id, "triggerer stopped; its triggers are released");
+    info!(job_id = %job_id, "triggerer stopped; its triggers are released");
     Ok(())
 }
 
 async fn sync_assignment(
     store: &Store,
     supervisor: &mut Supervisor,
-    job_id: i64,
+    job_id: JobId,
     options: &TriggererOptions,
 ) -> Result<(), StoreError> {
     let threshold = chrono::Duration::from_std(options.health_threshold)

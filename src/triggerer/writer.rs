@@ -15,6 +15,7 @@ use tokio::time::Instant;
 use tracing::{debug, warn};
 use triggerer_sdk::{CancellationToken, Committed, Envelope, NotCommitted};
 
+use crate::store::JobId;
 use crate::store::{NewEvent, Origin, Store, StoreError};
 
 /// Most events in one transaction. Large enough to amortise a commit, small enough that one
@@ -72,7 +73,7 @@ pub struct Writer {
 /// channel is drained. `committed` is notified after each commit (the scheduler listens).
 pub fn spawn(
     store: Store,
-    job_id: i64,
+    job_id: JobId,
     channel_capacity: usize,
     committed: Arc<Notify>,
 ) -> (mpsc::Sender<Envelope>, Writer) {
@@ -98,7 +99,7 @@ pub fn spawn(
 
 struct Context {
     store: Store,
-    job_id: i64,
+    job_id: JobId,
     health: Arc<WriterHealth>,
     give_up: CancellationToken,
 }

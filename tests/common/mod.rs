@@ -71,7 +71,7 @@ macro_rules! store_test {
                 $body
             }
 
-            #[cfg(feature = "integration")]
+            #[cfg(feature = "integration-postgres")]
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn postgres() {
                 let ($store, _url) = $crate::common::postgres_store().await;
