@@ -4,7 +4,7 @@
 //! TRIGGERER_TEST_SQS_ENDPOINT). Each source says what it counts as acknowledged from the
 //! server itself: the group's committed offset, the messages left in the queue. The file
 //! provider runs the same suite in its unit tests.
-#![cfg(feature = "integration")]
+#![cfg(all(feature = "integration-kafka", feature = "integration-sqs"))]
 
 mod common;
 

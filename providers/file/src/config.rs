@@ -6,136 +6,59 @@ use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
 use glob::{MatchOptions, Pattern};
-use serde_json::Value;
+use serde::{Deserialize, Deserializer};
+use triggerer_sdk::de::{self, Seconds};
 use triggerer_sdk::{KwargsError, TriggerError};
-
-/// The kwargs a watcher may give, in the order the docs list them.
-pub(crate) const KWARGS: &[&str] = &["filepath", "recursive", "include_modified", "poke_interval"];
 
 /// A periodic rescan more often than this would only burn CPU: notifications already give
 /// sub-second latency, the rescan is a safety net.
 const MIN_POKE_INTERVAL: Duration = Duration::from_millis(100);
 
-/// Validated kwargs of one file trigger.
-#[derive(Debug, Clone, PartialEq)]
+/// Validated kwargs of one file trigger. `null` stands for "not given" (JSON producers write
+/// unset kwargs so).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a table with `filepath` (and optionally recursive, include_modified, poke_interval)"
+)]
 pub struct FileTriggerConfig {
-    /// A directory, or a glob pattern over full paths; relative paths are resolved against the
-    /// triggerer's working directory when the trigger starts.
+    /// A directory, a file, or a glob pattern over full paths; relative paths are resolved
+    /// against the triggerer's working directory when the trigger starts.
+    #[serde(deserialize_with = "de::non_blank")]
     pub filepath: String,
     /// Also watch subdirectories (a `**` in the pattern implies it).
+    #[serde(default, deserialize_with = "de::null_as_default")]
     pub recursive: bool,
     /// Also emit when an already emitted file is rewritten in place.
+    #[serde(default, deserialize_with = "de::null_as_default")]
     pub include_modified: bool,
     /// Period of the safety-net rescan; `None`: rely on notifications alone.
+    #[serde(default, deserialize_with = "poke_interval")]
     pub poke_interval: Option<Duration>,
 }
 
-impl FileTriggerConfig {
-    /// Parses and checks `kwargs` without touching the filesystem.
-    pub fn from_kwargs(kwargs: &Value) -> Result<Self, KwargsError> {
-        let map = kwargs.as_object().ok_or_else(|| {
-            KwargsError::new(
-                "",
-                format!(
-                    "expected a JSON object with `filepath` (and optionally {}), got {}",
-                    KWARGS[1..].join(", "),
-                    json_type(kwargs)
-                ),
-            )
-        })?;
-        // Sorted so that the error names the same key every time.
-        let mut keys: Vec<&String> = map.keys().collect();
-        keys.sort();
-        if let Some(unknown) = keys.into_iter().find(|k| !KWARGS.contains(&k.as_str())) {
-            return Err(KwargsError::new(
-                unknown.as_str(),
-                format!("unknown kwarg; expected one of: {}", KWARGS.join(", ")),
-            ));
-        }
+fn poke_interval<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    let period = Option::<Seconds>::deserialize(d)?;
+    Ok(period.map(|Seconds(p)| p.max(MIN_POKE_INTERVAL)))
+}
 
-        let filepath = match map.get("filepath") {
-            None | Some(Value::Null) => {
-                return Err(KwargsError::new(
-                    "filepath",
-                    "required: a directory or a glob pattern such as /data/in/*.csv",
-                ))
-            }
-            Some(Value::String(s)) if s.trim().is_empty() => {
-                return Err(KwargsError::new("filepath", "must not be empty"))
-            }
-            Some(Value::String(s)) => s.clone(),
-            Some(other) => {
-                return Err(KwargsError::new(
-                    "filepath",
-                    format!("expected a string, got {}", json_type(other)),
-                ))
-            }
-        };
-        if filepath.contains('\0') {
+/// What a missing `filepath` should be.
+pub(crate) const FILEPATH_HINT: &str =
+    "a directory, a file, or a glob pattern such as /data/in/*.csv";
+
+impl FileTriggerConfig {
+    /// The rules serde does not express. No I/O.
+    pub(crate) fn check(&self) -> Result<(), KwargsError> {
+        if self.filepath.contains('\0') {
             return Err(KwargsError::new("filepath", "must not contain a NUL byte"));
         }
-        if let Err(e) = Pattern::new(&filepath) {
+        if let Err(e) = Pattern::new(&self.filepath) {
             return Err(KwargsError::new(
                 "filepath",
-                format!("invalid glob pattern {filepath:?}: {e}"),
+                format!("invalid glob pattern {:?}: {e}", self.filepath),
             ));
         }
-
-        let recursive = optional_bool(map.get("recursive"), "recursive")?;
-        let include_modified = optional_bool(map.get("include_modified"), "include_modified")?;
-        let poke_interval = match map.get("poke_interval") {
-            None | Some(Value::Null) => None,
-            Some(Value::Number(n)) => {
-                let secs = n
-                    .as_f64()
-                    .filter(|s| s.is_finite() && *s > 0.0)
-                    .ok_or_else(|| {
-                        KwargsError::new(
-                            "poke_interval",
-                            format!("expected a number of seconds > 0, got {n}"),
-                        )
-                    })?;
-                let period = Duration::try_from_secs_f64(secs).map_err(|_| {
-                    KwargsError::new("poke_interval", format!("{secs} seconds is too large"))
-                })?;
-                Some(period.max(MIN_POKE_INTERVAL))
-            }
-            Some(other) => {
-                return Err(KwargsError::new(
-                    "poke_interval",
-                    format!("expected a number of seconds > 0, got {}", json_type(other)),
-                ))
-            }
-        };
-
-        Ok(Self {
-            filepath,
-            recursive,
-            include_modified,
-            poke_interval,
-        })
-    }
-}
-
-fn optional_bool(value: Option<&Value>, field: &str) -> Result<bool, KwargsError> {
-    match value {
-        None | Some(Value::Null) => Ok(false),
-        Some(Value::Bool(b)) => Ok(*b),
-        Some(other) => Err(KwargsError::new(
-            field,
-            format!("expected a boolean, got {}", json_type(other)),
-        )),
-    }
-}
-
-fn json_type(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
+        Ok(())
     }
 }
 
@@ -161,6 +84,9 @@ enum Matcher {
         /// (no `**` there, and `*` cannot span `/`): a cheap first test during a scan.
         name_pattern: Option<Pattern>,
     },
+    /// Single-file mode: exactly this path (under the root, its parent), hidden or not, since
+    /// the user spelled its name.
+    File { path: PathBuf },
 }
 
 /// `filepath` resolved at run time: where to watch and what to emit.
@@ -241,34 +167,66 @@ impl Target {
             } else {
                 cwd()?.join(path)
             };
-            let root = normalize(&absolute);
-            let matcher = Matcher::Dir {
-                recursive: config.recursive,
-            };
-            (
-                root,
-                config.recursive,
-                (!config.recursive).then_some(1),
-                matcher,
-            )
+            let named = normalize(&absolute);
+            // A path that is not a directory names one file, there or still to come (Airflow's
+            // most common use: wait for a flag file); a trailing `/` insists on a directory.
+            let spelled_as_dir = config.filepath.ends_with('/') || config.filepath.ends_with("/.");
+            let single_file = !spelled_as_dir
+                && named.file_name().is_some()
+                && match std::fs::metadata(&named) {
+                    Ok(meta) => !meta.is_dir(),
+                    Err(e) => matches!(
+                        e.kind(),
+                        io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+                    ),
+                };
+            match named.parent() {
+                Some(parent) if single_file => (
+                    parent.to_path_buf(),
+                    false,
+                    Some(1),
+                    Matcher::File {
+                        path: named.clone(),
+                    },
+                ),
+                _ => (
+                    named,
+                    config.recursive,
+                    (!config.recursive).then_some(1),
+                    Matcher::Dir {
+                        recursive: config.recursive,
+                    },
+                ),
+            }
         };
 
         match std::fs::metadata(&root) {
             Ok(meta) if meta.is_dir() => {}
             Ok(_) => {
+                let why = match matcher {
+                    Matcher::Glob { .. } => {
+                        " (the part of a glob pattern before its first wildcard must be one)"
+                    }
+                    _ => "",
+                };
                 return Err(TriggerError::failed(format!(
-                    "filepath {:?}: {} is not a directory (give a directory, or a glob pattern \
-                     whose directory part exists)",
+                    "filepath {:?}: {} is not a directory{why}",
                     config.filepath,
                     root.display()
-                )))
+                )));
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let why = match matcher {
+                    Matcher::File { .. } => {
+                        " (a single file is waited for in its directory, which must exist)"
+                    }
+                    _ => "",
+                };
                 return Err(TriggerError::failed(format!(
-                    "filepath {:?}: directory {} does not exist",
+                    "filepath {:?}: directory {} does not exist{why}",
                     config.filepath,
                     root.display()
-                )))
+                )));
             }
             Err(e) => {
                 return Err(TriggerError::io(
@@ -321,6 +279,15 @@ impl Target {
             Matcher::Glob {
                 pattern, options, ..
             } => pattern.matches_path_with(path, *options),
+            Matcher::File { path: file } => path == file,
+        }
+    }
+
+    /// The file a single-file target waits for.
+    pub fn single_file(&self) -> Option<&Path> {
+        match &self.matcher {
+            Matcher::File { path } => Some(path),
+            _ => None,
         }
     }
 
@@ -338,6 +305,7 @@ impl Target {
                 .to_str()
                 .is_none_or(|name| last.matches_with(name, *options)),
             Matcher::Glob { .. } => true,
+            Matcher::File { path } => path.file_name() == Some(name),
         }
     }
 
@@ -348,7 +316,7 @@ impl Target {
         }
         match self.matcher {
             Matcher::Dir { .. } => !is_hidden(dir_name),
-            Matcher::Glob { .. } => true,
+            Matcher::Glob { .. } | Matcher::File { .. } => true,
         }
     }
 
@@ -395,6 +363,45 @@ mod tests {
             poke_interval: None,
         })
         .expect("target")
+    }
+
+    fn resolve(filepath: String) -> Result<Target, TriggerError> {
+        Target::resolve(&FileTriggerConfig {
+            filepath,
+            recursive: true,
+            include_modified: false,
+            poke_interval: None,
+        })
+    }
+
+    #[test]
+    fn a_path_that_is_no_directory_is_a_single_file_in_its_parent() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let root = dir.path().display().to_string();
+        std::fs::write(dir.path().join("there.flag"), b"x").expect("file");
+        for name in ["there.flag", "not-yet.flag", ".hidden"] {
+            let t = resolve(format!("{root}/{name}")).expect("single file");
+            let path = dir.path().join(name);
+            assert_eq!(t.single_file(), Some(path.as_path()));
+            assert_eq!(t.root, dir.path());
+            assert!(!t.recursive_watch, "`recursive` means nothing for one file");
+            assert!(t.matches(&path), "{name}");
+            assert!(t.may_match_name(std::ffi::OsStr::new(name)), "{name}");
+            assert!(!t.matches(&dir.path().join("other.flag")));
+            assert!(!t.matches(&dir.path().join(format!("{name}2"))));
+        }
+        let t = resolve(root.clone()).expect("directory");
+        assert_eq!(t.single_file(), None);
+        // A trailing `/` insists on a directory, even a missing one.
+        let err = resolve(format!("{root}/missing/")).expect_err("no such directory");
+        assert!(err.to_string().contains("does not exist"), "{err}");
+        let err = resolve(format!("{root}/there.flag/")).expect_err("a file is no directory");
+        assert!(err.to_string().contains("is not a directory"), "{err}");
+        // A single file's directory must exist.
+        let err = resolve(format!("{root}/missing/ready.flag")).expect_err("no parent");
+        assert!(err.to_string().contains("which must exist"), "{err}");
+        let err = resolve(format!("{root}/there.flag/ready.flag")).expect_err("parent is a file");
+        assert!(err.to_string().contains("is not a directory"), "{err}");
     }
 
     /// The name test is only a shortcut: it may never reject a path the full match accepts.

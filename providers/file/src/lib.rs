@@ -9,13 +9,22 @@
 //!
 //! | kwarg              | type            | default  | meaning |
 //! |--------------------|-----------------|----------|---------|
-//! | `filepath`         | string          | required | A directory (every regular file directly in it), or a glob pattern matched against the full path (`/data/in/*.csv`, `/data/**/*.json`). Relative paths are resolved against the triggerer's working directory when the trigger starts. The directory (for a glob: its longest wildcard-free prefix) must exist. |
-//! | `recursive`        | bool            | `false`  | Also files in subdirectories. For a glob it lets `*` and `?` match across `/`; a `**` in the pattern implies recursive watching anyway. |
+//! | `filepath`         | string          | required | A directory (every regular file directly in it), a single file (`/data/in/ready.flag`: that file, whether it is there yet or not), or a glob pattern matched against the full path (`/data/in/*.csv`, `/data/**/*.json`). Relative paths are resolved against the triggerer's working directory when the trigger starts. The directory (for a single file: its parent; for a glob: its longest wildcard-free prefix) must exist. |
+//! | `recursive`        | bool            | `false`  | Also files in subdirectories. For a glob it lets `*` and `?` match across `/`; a `**` in the pattern implies recursive watching anyway. Ignored for a single file. |
 //! | `include_modified` | bool            | `false`  | Also emit when an already emitted file is rewritten in place (same inode, new mtime), with `"event": "modified"`. |
 //! | `poke_interval`    | number (s) > 0  | none     | Also rescan every `poke_interval` seconds: a safety net for filesystems that send no notifications (NFS, some FUSE mounts). Accepted for Airflow compatibility; values below 0.1 s count as 0.1 s. |
 //!
 //! Names starting with `.` are skipped (as Python's glob does unless the pattern spells the dot):
 //! writers commonly write a hidden temporary file and rename it into place.
+//!
+//! What `filepath` names is decided when the trigger starts: a pattern with `*`, `?`
+//! or `[` is a glob; otherwise an existing directory, or any path ending in `/`, is a directory;
+//! any other path is a single file, waited for in its parent directory (which must exist, as a
+//! missing directory is more often a typo than something to wait for; the supervisor retries
+//! it with backoff). A single file is emitted once it is complete, like any file, and again only
+//! as a new file at that path (or, with `include_modified`, rewritten). If a directory appears
+//! at a single file's path, the trigger fails with `filepath … is now a directory` so that its
+//! restart watches it as the directory it turned out to be.
 //!
 //! Delivery guarantee: a file's identity is its inode, its mtime in nanoseconds and, where the
 //! filesystem keeps one, its birth time (so a new file that got a deleted file's inode number is
@@ -41,8 +50,8 @@
 //! checkpoint does not hold: a restart emits exactly the files that appeared while it was down.
 //! When events may have been lost (queue overflow, inotify overflow, watcher errors), it rescans.
 //! Deliveries are pipelined; a refused one makes the trigger fail so that the supervisor restarts
-//! it from its committed checkpoint. A missing, unreadable or deleted watch directory is an error
-//! naming the path (the supervisor retries with backoff). A subdirectory that cannot be listed
+//! it from its committed checkpoint. A missing, unreadable or deleted watch directory (for a
+//! single file: its parent) is an error naming the path (the supervisor retries with backoff). A subdirectory that cannot be listed
 //! or watched (permissions, say) is skipped with a warning (`TriggerContext::warnings`) naming
 //! it and the OS error, once per run (again only if it was readable in between); the rest of the
 //! tree is watched and emits. Files under a skipped directory are not seen, except by scans if
@@ -57,12 +66,14 @@ mod trigger;
 mod watch;
 
 #[cfg(test)]
+mod conformance;
+#[cfg(test)]
 mod tests;
 
 use std::sync::Arc;
 
-use serde_json::Value;
-use triggerer_sdk::{EventTrigger, KwargsError, Provider};
+use serde_json::{Map, Value};
+use triggerer_sdk::{EventTrigger, KwargsError, TypedProvider};
 
 pub use config::FileTriggerConfig;
 pub use trigger::FileTrigger;
@@ -96,25 +107,23 @@ impl FileProvider {
     }
 }
 
-impl Provider for FileProvider {
-    fn name(&self) -> &'static str {
-        "file"
-    }
+impl TypedProvider for FileProvider {
+    type Params = FileTriggerConfig;
+    const NAME: &'static str = "file";
+    const CLASSPATHS: &'static [&'static str] = CLASSPATHS;
+    const SCHEMES: &'static [&'static str] = &["file"];
+    const HINTS: &'static [(&'static str, &'static str)] = &[("filepath", config::FILEPATH_HINT)];
 
-    fn classpaths(&self) -> &'static [&'static str] {
-        CLASSPATHS
-    }
-
-    fn schemes(&self) -> &'static [&'static str] {
-        &["file"]
+    fn check(&self, params: &FileTriggerConfig) -> Result<(), KwargsError> {
+        params.check()
     }
 
     /// `file:///data/in/*.csv` (or `file://relative/dir`) is `filepath`; other kwargs as given.
-    fn queue_kwargs(
+    fn queue_params(
         &self,
         queue: &str,
-        kwargs: &serde_json::Map<String, Value>,
-    ) -> Option<Result<Value, KwargsError>> {
+        kwargs: &Map<String, Value>,
+    ) -> Option<Result<Map<String, Value>, KwargsError>> {
         let path = queue.strip_prefix("file://")?;
         if kwargs.contains_key("filepath") {
             return Some(Err(KwargsError::new(
@@ -124,16 +133,13 @@ impl Provider for FileProvider {
         }
         let mut merged = kwargs.clone();
         merged.insert("filepath".into(), Value::String(path.to_string()));
-        let merged = Value::Object(merged);
-        Some(FileTriggerConfig::from_kwargs(&merged).map(|_| merged))
+        Some(Ok(merged))
     }
 
-    fn validate(&self, kwargs: &Value) -> Result<(), KwargsError> {
-        FileTriggerConfig::from_kwargs(kwargs).map(|_| ())
-    }
-
-    fn build(&self, kwargs: &Value) -> Result<Box<dyn EventTrigger>, KwargsError> {
-        let config = FileTriggerConfig::from_kwargs(kwargs)?;
+    fn build_trigger(
+        &self,
+        config: FileTriggerConfig,
+    ) -> Result<Box<dyn EventTrigger>, KwargsError> {
         Ok(Box::new(FileTrigger::new(self.hub.clone(), config)))
     }
 }

@@ -165,9 +165,12 @@ fn kwargs_accepted() {
             .unwrap_or_else(|e| panic!("{kwargs} rejected: {e}"));
         provider.build(&kwargs).expect("build");
     }
-    let config = FileTriggerConfig::from_kwargs(&json!({
-        "filepath": "/x", "recursive": true, "include_modified": true, "poke_interval": 2.5
-    }))
+    let config = triggerer_sdk::parse_params(
+        &provider,
+        &json!({
+            "filepath": "/x", "recursive": true, "include_modified": true, "poke_interval": 2.5
+        }),
+    )
     .expect("valid");
     assert_eq!(
         config,
@@ -178,7 +181,8 @@ fn kwargs_accepted() {
             poke_interval: Some(Duration::from_millis(2500)),
         }
     );
-    let defaults = FileTriggerConfig::from_kwargs(&json!({"filepath": "/x"})).expect("valid");
+    let defaults =
+        triggerer_sdk::parse_params(&provider, &json!({"filepath": "/x"})).expect("valid");
     assert!(!defaults.recursive && !defaults.include_modified);
     assert_eq!(defaults.poke_interval, None);
 }
@@ -230,7 +234,17 @@ fn kwargs_rejected_with_the_field_named() {
     let err = kwargs_error(json!({"filepath": 3}));
     assert!(err.message.contains("string"), "{err}");
     let err = kwargs_error(json!("/data"));
-    assert!(err.message.contains("object"), "{err}");
+    assert!(err.message.contains("table"), "{err}");
+    let err = kwargs_error(json!({}));
+    assert_eq!(
+        err.to_string(),
+        "kwargs.filepath: required: a directory, a file, or a glob pattern such as /data/in/*.csv"
+    );
+    let err = kwargs_error(json!({"filepath": "/data", "recursiv": true}));
+    assert_eq!(
+        err.message,
+        "unknown kwarg; expected one of: filepath, recursive, include_modified, poke_interval"
+    );
 }
 
 // ---------------------------------------------------------------- emission
@@ -721,6 +735,90 @@ async fn without_include_modified_rewrites_are_ignored() {
     run.stop().await.expect("clean stop");
 }
 
+// ---------------------------------------------------------------- a single file
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_single_file_not_there_yet_is_waited_for_and_emitted_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let flag = dir.path().join("ready.flag");
+    let provider = FileProvider::new();
+    let mut run = start(&provider, json!({"filepath": s(&flag)}));
+    // Its neighbours, a longer name and a writer's temporary file are not it.
+    write_files(
+        dir.path(),
+        &["other.flag", "ready.flag2", ".ready.flag.tmp"],
+    );
+    fs::write(&flag, b"go").expect("write flag");
+    let event = take(&mut run, 1).await.remove(0);
+    assert_eq!(path_of(&event), s(&flag));
+    // Created before or after the trigger subscribed: either way it is the one event.
+    assert!(
+        ["created", "existing"].contains(&kind_of(&event).as_str()),
+        "{}",
+        event.payload
+    );
+    // Rewritten in place: a modification, not emitted without include_modified.
+    modify(&flag);
+    assert_quiet(&mut run).await;
+
+    // A new file at the path later is a new event.
+    fs::remove_file(&flag).expect("rm flag");
+    fs::write(dir.path().join("ready.flag.tmp"), b"again").expect("write tmp");
+    fs::rename(dir.path().join("ready.flag.tmp"), &flag).expect("rename into place");
+    let again = take(&mut run, 1).await.remove(0);
+    assert_eq!(path_of(&again), s(&flag));
+    assert_eq!(kind_of(&again), "created");
+    assert_ne!(again.dedup_key, event.dedup_key);
+    assert_quiet(&mut run).await;
+    run.stop().await.expect("clean stop");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_single_file_present_at_start_is_emitted_once_across_restarts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A hidden name is emitted too: the user spelled it.
+    let flag = write_files(dir.path(), &[".done"]).remove(0);
+    write_files(dir.path(), &["unrelated.txt"]);
+    let provider = FileProvider::new();
+    let kwargs = json!({"filepath": s(&flag), "include_modified": true});
+    let mut run = start(&provider, kwargs.clone());
+    let event = take(&mut run, 1).await.remove(0);
+    assert_eq!(path_of(&event), s(&flag));
+    assert_eq!(kind_of(&event), "existing");
+    assert_quiet(&mut run).await;
+    let checkpoint = run.checkpoint.clone();
+    run.stop().await.expect("clean stop");
+
+    // The committed checkpoint holds it: a restart emits nothing, a rewrite is a modification.
+    let mut run = TestRun::start(build(&provider, kwargs), checkpoint, 64);
+    assert_quiet(&mut run).await;
+    modify(&flag);
+    let modified = take(&mut run, 1).await.remove(0);
+    assert_eq!(path_of(&modified), s(&flag));
+    assert_eq!(kind_of(&modified), "modified");
+    assert_quiet(&mut run).await;
+    run.stop().await.expect("clean stop");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_single_file_path_that_becomes_a_directory_is_watched_as_one_after_the_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("incoming");
+    let provider = FileProvider::new();
+    let kwargs = json!({"filepath": s(&path)});
+    let mut run = start(&provider, kwargs.clone());
+    // Give the trigger time to subscribe; the start-up scan would see the directory anyway.
+    assert_quiet(&mut run).await;
+    fs::create_dir(&path).expect("mkdir");
+    let ended = run.finished(WAIT).await.expect("run must end");
+    let err = ended.expect_err("the trigger restarts to watch the directory");
+    assert!(err.to_string().contains("is now a directory"), "{err}");
+    // What the supervisor's restart does: now a directory, watched as one.
+    let mut run = start(&provider, kwargs);
+    ready(&mut run, &path.join("probe")).await;
+    run.stop().await.expect("clean stop");
+}
+
 // ---------------------------------------------------------------- errors
 
 #[tokio::test(flavor = "multi_thread")]
@@ -729,8 +827,11 @@ async fn missing_directory_fails_naming_the_path() {
     let missing = dir.path().join("does-not-exist");
     let provider = FileProvider::new();
     for kwargs in [
-        json!({"filepath": s(&missing)}),
+        // Without the `/`, a missing path is a single file waited for (below).
+        json!({"filepath": format!("{}/", s(&missing))}),
         json!({"filepath": format!("{}/*.csv", s(&missing))}),
+        // A single file's directory must exist.
+        json!({"filepath": format!("{}/ready.flag", s(&missing))}),
     ] {
         let run = start(&provider, kwargs.clone());
         let ended = run.finished(WAIT).await.expect("run must end");

@@ -14,13 +14,12 @@ use async_trait::async_trait;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
 use chrono::{DateTime, SecondsFormat, Utc};
-use futures::stream::{FuturesUnordered, StreamExt};
 use serde_json::json;
 use tokio::time::{Instant, MissedTickBehavior};
 use tracing::{debug, info, info_span, warn, Instrument};
 use triggerer_sdk::{
-    CancellationToken, Committed, Delivery, Event, EventSink, EventTrigger, NotCommitted,
-    TriggerContext, TriggerError, WarningSink,
+    CancellationToken, Event, EventSink, EventTrigger, InFlight, Settled, TriggerContext,
+    TriggerError, WarningSink,
 };
 
 use crate::config::{FileTriggerConfig, Target};
@@ -207,6 +206,15 @@ fn stat(path: &Path) -> Option<std::fs::Metadata> {
     }
 }
 
+/// A single-file target whose path is now a directory: it was waiting for a name that turned
+/// out to be a directory, so the restart must resolve `filepath` afresh (as a directory).
+fn became_directory(path: &Path) -> Halt {
+    Halt::Failed(TriggerError::failed(format!(
+        "filepath {} is now a directory; restarting to watch it as one",
+        path.display()
+    )))
+}
+
 /// Why a trigger stopped reading.
 enum Halt {
     Cancelled,
@@ -219,10 +227,13 @@ impl From<TriggerError> for Halt {
     }
 }
 
-fn settle(outcome: Result<Committed, NotCommitted>) -> Result<(), Halt> {
+/// A file's delivery settled. Its checkpoint is the file's acknowledgement, committed with the
+/// event by the core: nothing to do upstream when it committed.
+fn settle(settled: Settled<PathBuf>) -> Result<(), Halt> {
     // A refusal means the checkpoint in the database is behind ours: stop, and let the restart
     // reload the committed one so that the refused files are emitted again.
-    outcome
+    settled
+        .outcome
         .map(|_| ())
         .map_err(|e| Halt::Failed(TriggerError::from(e)))
 }
@@ -231,41 +242,49 @@ fn settle(outcome: Result<Committed, NotCommitted>) -> Result<(), Halt> {
 struct Emitter {
     sink: EventSink,
     cancel: CancellationToken,
-    in_flight: FuturesUnordered<Delivery>,
+    in_flight: InFlight<PathBuf>,
 }
 
 impl Emitter {
-    async fn submit(&mut self, event: Event) -> Result<(), Halt> {
-        while self.in_flight.len() >= MAX_IN_FLIGHT {
-            tokio::select! {
-                biased;
-                _ = self.cancel.cancelled() => return Err(Halt::Cancelled),
-                Some(outcome) = self.in_flight.next() => settle(outcome)?,
-            }
+    fn new(sink: EventSink, cancel: CancellationToken) -> Self {
+        Self {
+            sink,
+            cancel,
+            in_flight: InFlight::new(MAX_IN_FLIGHT),
         }
-        let delivery = tokio::select! {
-            biased;
-            _ = self.cancel.cancelled() => return Err(Halt::Cancelled),
-            submitted = self.sink.submit(event) => submitted.map_err(TriggerError::from)?,
-        };
-        self.in_flight.push(delivery);
-        Ok(())
     }
 
-    async fn drain(&mut self) {
-        let in_flight = self.in_flight.len();
-        let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
-            while let Some(outcome) = self.in_flight.next().await {
-                if let Err(e) = outcome {
-                    debug!(error = %e, "event not committed while stopping; it is emitted again after the restart");
-                }
+    async fn submit(&mut self, event: Event, path: PathBuf) -> Result<(), Halt> {
+        tokio::select! {
+            biased;
+            _ = self.cancel.cancelled() => return Err(Halt::Cancelled),
+            _ = self.in_flight.reserve() => {}
+        }
+        // A refusal that came in while waiting for room stops the trigger before it emits more.
+        while let Some(settled) = self.in_flight.try_next() {
+            settle(settled)?;
+        }
+        tokio::select! {
+            biased;
+            _ = self.cancel.cancelled() => Err(Halt::Cancelled),
+            submitted = self.in_flight.submit(&self.sink, event, path) => {
+                submitted.map_err(|e| Halt::Failed(TriggerError::from(e)))
             }
-        })
-        .await;
-        if drained.is_err() {
+        }
+    }
+
+    async fn drain(self) {
+        let in_flight = self.in_flight.len();
+        let drained = self.in_flight.drain(Instant::now() + DRAIN_TIMEOUT).await;
+        for settled in &drained.settled {
+            if let Err(e) = &settled.outcome {
+                debug!(path = %settled.token.display(), error = %e, "event not committed while stopping; it is emitted again after the restart");
+            }
+        }
+        if !drained.is_complete() {
             warn!(
                 in_flight,
-                left = self.in_flight.len(),
+                left = drained.unsettled.len(),
                 "stopping with deliveries still unanswered"
             );
         }
@@ -398,7 +417,7 @@ impl Watch {
         // Recorded before the commit so that a second event for the same file while this one is
         // in flight is recognised as a duplicate.
         self.emitted.insert(info.path.clone(), identity);
-        em.submit(event).await
+        em.submit(event, info.path.clone()).await
     }
 
     fn schedule_file(&mut self, path: PathBuf, last: Look, settle: Duration, created: bool) {
@@ -484,6 +503,11 @@ impl Watch {
     }
 
     async fn full_scan(&mut self) -> Result<(), Halt> {
+        if let Some(file) = self.target.single_file() {
+            if file.is_dir() {
+                return Err(became_directory(file));
+            }
+        }
         let walked = self.walk(self.target.root.clone()).await?.map_err(|e| {
             TriggerError::io(format!("cannot list {}", self.target.root.display()), e)
         })?;
@@ -559,6 +583,9 @@ impl Watch {
                     return Ok(());
                 };
                 if meta.is_dir() {
+                    if self.target.single_file() == Some(path.as_path()) {
+                        return Err(became_directory(&path));
+                    }
                     self.on_new_dir(path).await?;
                 } else if meta.is_file() && self.target.matches(&path) {
                     let info = FileInfo::from_metadata(path, &meta);
@@ -674,11 +701,11 @@ impl Watch {
                 self.rescan_after_overflow(sub, em).await?;
             }
             let deadline = self.next_deadline();
-            let can_read = em.in_flight.len() < MAX_IN_FLIGHT;
+            let can_read = em.in_flight.has_room();
             tokio::select! {
                 biased;
                 _ = em.cancel.cancelled() => return Err(Halt::Cancelled),
-                Some(outcome) = em.in_flight.next(), if !em.in_flight.is_empty() => settle(outcome)?,
+                Some(settled) = em.in_flight.next(), if !em.in_flight.is_empty() => settle(settled)?,
                 _ = overflow.wait() => self.rescan_after_overflow(sub, em).await?,
                 change = sub.recv(), if can_read => self.on_change(em, change).await?,
                 _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
@@ -812,11 +839,7 @@ impl EventTrigger for FileTrigger {
         }
 
         let mut watch = Watch::new(target, &config, warnings, checkpoint);
-        let mut emitter = Emitter {
-            sink,
-            cancel,
-            in_flight: FuturesUnordered::new(),
-        };
+        let mut emitter = Emitter::new(sink, cancel);
         let outcome = watch
             .run(&subscription, &mut emitter, config.poke_interval)
             .instrument(info_span!("file_trigger", trigger_id))

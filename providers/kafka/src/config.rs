@@ -1,21 +1,16 @@
-//! The kwargs of `kafka.AwaitMessageTrigger`, checked without I/O, and the librdkafka client
-//! configuration they stand for. Airflow's kwarg names are kept where they mean the same here;
-//! the Airflow-only ones (Python callables, connection ids) are refused with what to write instead.
+//! The kwargs of `kafka.AwaitMessageTrigger` ([`KafkaParams`], checked without I/O) and the
+//! librdkafka client configuration they stand for ([`KafkaConfig`]). Airflow's kwarg names are
+//! kept where they mean the same here; the Airflow-only ones (Python callables, connection ids)
+//! are refused with what to write instead ([`REFUSED`]).
 
 use std::collections::BTreeMap;
+use std::fmt;
 
+use serde::de::{self, Deserializer, Visitor};
+use serde::Deserialize;
 use serde_json::{Map, Value};
-use triggerer_sdk::KwargsError;
-
-const KWARGS: &[&str] = &[
-    "topics",
-    "bootstrap_servers",
-    "kafka_config",
-    "group_id",
-    "poll_timeout",
-    "poll_interval",
-    "commit_offset",
-];
+use triggerer_sdk::de::{StringList, Trimmed};
+use triggerer_sdk::{KwargsError, Refusal};
 
 /// The consumer group used when none is given.
 pub const DEFAULT_GROUP: &str = "triggerer";
@@ -30,6 +25,95 @@ const NO_CREDENTIALS: &str = "a broker address cannot carry credentials (`user:p
      `kafka_config` `sasl.username` and `sasl.password` (with `{ env = \"NAME\" }` the password \
      stays in the triggerer's environment)";
 
+/// Airflow's kwargs that have no meaning here, with what to write instead.
+pub(crate) const REFUSED: &[Refusal] = &[
+    Refusal {
+        kwargs: &[
+            "apply_function",
+            "apply_function_args",
+            "apply_function_kwargs",
+        ],
+        instead: "Python callables cannot run here: every message becomes an event whose \
+                  payload carries the message (filter in the DAG instead)",
+    },
+    Refusal {
+        kwargs: &["kafka_config_id"],
+        instead: "Airflow connections are not available here: set `bootstrap_servers` and, for \
+                  other client settings, `kafka_config`",
+    },
+];
+
+pub(crate) const HINTS: &[(&str, &str)] = &[("topics", "a list of topic names, e.g. [\"orders\"]")];
+
+/// The kwargs of one watcher, as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a table with `topics` and `bootstrap_servers` (or `kafka_config`)"
+)]
+pub struct KafkaParams {
+    pub topics: StringList,
+    /// `host:port[,host:port…]`, or a list of them.
+    #[serde(default)]
+    pub bootstrap_servers: Option<StringList>,
+    #[serde(default)]
+    pub group_id: Option<Trimmed>,
+    /// Further librdkafka settings.
+    #[serde(default)]
+    pub kafka_config: BTreeMap<String, Setting>,
+    /// Accepted for Airflow compatibility; the consumer is push-based.
+    #[serde(default)]
+    pub poll_timeout: Option<f64>,
+    /// Accepted for Airflow compatibility; the consumer is push-based.
+    #[serde(default)]
+    pub poll_interval: Option<f64>,
+    /// Accepted for Airflow compatibility; only `true` is.
+    #[serde(default)]
+    pub commit_offset: Option<bool>,
+}
+
+/// A librdkafka setting's value: librdkafka takes strings, TOML spells numbers and booleans
+/// as such.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Setting(pub String);
+
+impl<'de> Deserialize<'de> for Setting {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct SettingVisitor;
+
+        impl Visitor<'_> for SettingVisitor {
+            type Value = Setting;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string, number or boolean")
+            }
+
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Setting, E> {
+                Ok(Setting(v.to_string()))
+            }
+
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<Setting, E> {
+                Ok(Setting(v.to_string()))
+            }
+
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Setting, E> {
+                Ok(Setting(v.to_string()))
+            }
+
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Setting, E> {
+                Ok(Setting(v.to_string()))
+            }
+
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Setting, E> {
+                Ok(Setting(v.to_string()))
+            }
+        }
+
+        d.deserialize_any(SettingVisitor)
+    }
+}
+
+/// What a watcher runs with: its topics and the client settings of its consumer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KafkaConfig {
     pub topics: Vec<String>,
@@ -38,93 +122,20 @@ pub struct KafkaConfig {
 }
 
 impl KafkaConfig {
-    pub fn from_kwargs(kwargs: &Value) -> Result<Self, KwargsError> {
-        let Value::Object(map) = kwargs else {
-            return Err(KwargsError::new(
-                "",
-                "expected a table with `topics` and `bootstrap_servers` (or `kafka_config`)",
-            ));
-        };
-        for key in map.keys() {
-            match key.as_str() {
-                "apply_function" | "apply_function_args" | "apply_function_kwargs" => {
-                    return Err(KwargsError::new(
-                        key,
-                        "Python callables cannot run here: every message becomes an event whose \
-                         payload carries the message (filter in the DAG instead)",
-                    ))
-                }
-                "kafka_config_id" => {
-                    return Err(KwargsError::new(
-                        key,
-                        "Airflow connections are not available here: set `bootstrap_servers` and, \
-                         for other client settings, `kafka_config`",
-                    ))
-                }
-                k if !KWARGS.contains(&k) => {
-                    return Err(KwargsError::new(
-                        k,
-                        format!("unknown kwarg; expected one of: {}", KWARGS.join(", ")),
-                    ))
-                }
-                _ => {}
-            }
-        }
-        let topics = match map.get("topics") {
-            Some(Value::Array(items)) if !items.is_empty() => items
-                .iter()
-                .map(|t| match t {
-                    Value::String(s) if !s.trim().is_empty() => Ok(s.trim().to_string()),
-                    _ => Err(KwargsError::new(
-                        "topics",
-                        "each topic must be a non-empty string",
-                    )),
-                })
-                .collect::<Result<Vec<_>, _>>()?,
-            Some(Value::String(s)) if !s.trim().is_empty() => vec![s.trim().to_string()],
-            _ => {
+    /// The configuration `params` stand for, or why they cannot work. No I/O.
+    pub fn from_params(params: &KafkaParams) -> Result<Self, KwargsError> {
+        let mut client = BTreeMap::new();
+        for (key, Setting(value)) in &params.kafka_config {
+            if RESERVED.contains(&key.as_str()) {
                 return Err(KwargsError::new(
-                    "topics",
-                    "required: a list of topic names, e.g. [\"orders\"]",
-                ))
-            }
-        };
-        let mut client: BTreeMap<String, String> = BTreeMap::new();
-        if let Some(extra) = map.get("kafka_config") {
-            let Value::Object(extra) = extra else {
-                return Err(KwargsError::new(
-                    "kafka_config",
-                    "must be a table of librdkafka settings",
+                    format!("kafka_config.{key}"),
+                    "is managed by the provider: offsets are stored only after the events are committed",
                 ));
-            };
-            for (key, value) in extra {
-                if RESERVED.contains(&key.as_str()) {
-                    return Err(KwargsError::new(
-                        format!("kafka_config.{key}"),
-                        "is managed by the provider: offsets are stored only after the events are committed",
-                    ));
-                }
-                client.insert(key.clone(), scalar(&format!("kafka_config.{key}"), value)?);
             }
+            client.insert(key.clone(), value.clone());
         }
-        match map.get("bootstrap_servers") {
-            Some(Value::String(s)) if !s.trim().is_empty() => {
-                client.insert("bootstrap.servers".into(), s.trim().to_string());
-            }
-            Some(Value::Array(items)) if !items.is_empty() => {
-                let servers: Vec<String> = items
-                    .iter()
-                    .map(|v| scalar("bootstrap_servers", v))
-                    .collect::<Result<_, _>>()?;
-                client.insert("bootstrap.servers".into(), servers.join(","));
-            }
-            Some(_) => {
-                return Err(KwargsError::new(
-                    "bootstrap_servers",
-                    "must be \"host:port[,host:port…]\" or a list of them",
-                ))
-            }
-            None => {}
+        if let Some(StringList(servers)) = &params.bootstrap_servers {
+            client.insert("bootstrap.servers".into(), servers.join(","));
         }
         match client.get("bootstrap.servers") {
             None => {
@@ -139,11 +150,10 @@ impl KafkaConfig {
             }
             Some(_) => {}
         }
-        match map.get("group_id") {
-            Some(Value::String(g)) if !g.trim().is_empty() => {
-                client.insert("group.id".into(), g.trim().to_string());
+        match &params.group_id {
+            Some(Trimmed(group)) => {
+                client.insert("group.id".into(), group.clone());
             }
-            Some(_) => return Err(KwargsError::new("group_id", "must be a non-empty string")),
             None => {
                 client
                     .entry("group.id".into())
@@ -155,61 +165,16 @@ impl KafkaConfig {
         client
             .entry("auto.offset.reset".into())
             .or_insert_with(|| "earliest".into());
-        for key in ["poll_timeout", "poll_interval"] {
-            match map.get(key) {
-                None | Some(Value::Number(_)) => {}
-                Some(_) => return Err(KwargsError::new(key, "must be a number of seconds")),
-            }
+        if params.commit_offset == Some(false) {
+            return Err(KwargsError::new(
+                "commit_offset",
+                "offsets are always committed, and only after the events are stored; remove it",
+            ));
         }
-        match map.get("commit_offset") {
-            None | Some(Value::Bool(true)) => {}
-            Some(Value::Bool(false)) => {
-                return Err(KwargsError::new(
-                    "commit_offset",
-                    "offsets are always committed, and only after the events are stored; remove it",
-                ))
-            }
-            Some(_) => return Err(KwargsError::new("commit_offset", "must be true or false")),
-        }
-        Ok(Self { topics, client })
-    }
-
-    /// The configuration `kafka://host:port[,host:port]/topic[,topic]` stands for, merged with
-    /// the watcher's other kwargs.
-    pub fn queue_kwargs(
-        queue: &str,
-        kwargs: &Map<String, Value>,
-    ) -> Option<Result<Value, KwargsError>> {
-        let rest = queue.strip_prefix("kafka://")?;
-        // Anywhere in the URI: a password with a `/` would put the rest of it in the topics
-        // (which cannot hold `@`).
-        if rest.contains('@') {
-            return Some(Err(KwargsError::new("queue", NO_CREDENTIALS)));
-        }
-        let (servers, topics) = rest.split_once('/').unwrap_or((rest, ""));
-        let mut merged = kwargs.clone();
-        if !servers.is_empty() {
-            merged.insert(
-                "bootstrap_servers".into(),
-                Value::String(servers.to_string()),
-            );
-        }
-        let topics: Vec<Value> = topics
-            .split(',')
-            .filter(|t| !t.is_empty())
-            .map(|t| Value::String(t.to_string()))
-            .collect();
-        if !topics.is_empty() {
-            if merged.contains_key("topics") {
-                return Some(Err(KwargsError::new(
-                    "topics",
-                    "is given by the `queue` URI; set one or the other",
-                )));
-            }
-            merged.insert("topics".into(), Value::Array(topics));
-        }
-        let merged = Value::Object(merged);
-        Some(Self::from_kwargs(&merged).map(|_| merged))
+        Ok(Self {
+            topics: params.topics.0.clone(),
+            client,
+        })
     }
 
     /// Which shared consumer serves this watcher: one per distinct client configuration
@@ -231,27 +196,65 @@ impl KafkaConfig {
     }
 }
 
-fn scalar(field: &str, value: &Value) -> Result<String, KwargsError> {
-    match value {
-        Value::String(s) => Ok(s.clone()),
-        Value::Number(n) => Ok(n.to_string()),
-        Value::Bool(b) => Ok(b.to_string()),
-        _ => Err(KwargsError::new(
-            field,
-            "must be a string, number or boolean",
-        )),
+/// The kwargs `kafka://host:port[,host:port]/topic[,topic]` stands for, merged with the
+/// watcher's other kwargs; `None` for another URI.
+pub(crate) fn queue_params(
+    queue: &str,
+    kwargs: &Map<String, Value>,
+) -> Option<Result<Map<String, Value>, KwargsError>> {
+    let rest = queue.strip_prefix("kafka://")?;
+    // Anywhere in the URI: a password with a `/` would put the rest of it in the topics
+    // (which cannot hold `@`).
+    if rest.contains('@') {
+        return Some(Err(KwargsError::new("queue", NO_CREDENTIALS)));
     }
+    let (servers, topics) = rest.split_once('/').unwrap_or((rest, ""));
+    let mut merged = kwargs.clone();
+    if !servers.is_empty() {
+        merged.insert(
+            "bootstrap_servers".into(),
+            Value::String(servers.to_string()),
+        );
+    }
+    let topics: Vec<Value> = topics
+        .split(',')
+        .filter(|t| !t.is_empty())
+        .map(|t| Value::String(t.to_string()))
+        .collect();
+    if !topics.is_empty() {
+        if merged.contains_key("topics") {
+            return Some(Err(KwargsError::new(
+                "topics",
+                "is given by the `queue` URI; set one or the other",
+            )));
+        }
+        merged.insert("topics".into(), Value::Array(topics));
+    }
+    Some(Ok(merged))
 }
 
 #[cfg(test)]
 mod tests {
     use serde_json::json;
+    use triggerer_sdk::{parse_params, Provider};
 
     use super::*;
+    use crate::KafkaProvider;
+
+    fn from_kwargs(kwargs: &Value) -> Result<KafkaConfig, KwargsError> {
+        KafkaConfig::from_params(&parse_params(&KafkaProvider::new(), kwargs)?)
+    }
+
+    fn queue_kwargs(
+        queue: &str,
+        kwargs: &Map<String, Value>,
+    ) -> Option<Result<Value, KwargsError>> {
+        KafkaProvider::new().queue_kwargs(queue, kwargs)
+    }
 
     #[test]
     fn airflow_kwargs_map_to_a_client_config() {
-        let c = KafkaConfig::from_kwargs(&json!({
+        let c = from_kwargs(&json!({
             "topics": ["orders", "refunds"],
             "bootstrap_servers": "b1:9092,b2:9092",
             "group_id": "g",
@@ -264,15 +267,14 @@ mod tests {
         assert_eq!(c.client["group.id"], "g");
         assert_eq!(c.client["session.timeout.ms"], "10000");
         assert_eq!(c.client["auto.offset.reset"], "latest");
-        let d = KafkaConfig::from_kwargs(&json!({"topics": ["t"], "bootstrap_servers": "b:9092"}))
-            .unwrap();
+        let d = from_kwargs(&json!({"topics": ["t"], "bootstrap_servers": "b:9092"})).unwrap();
         assert_eq!(d.client["group.id"], DEFAULT_GROUP);
         assert_eq!(d.client["auto.offset.reset"], "earliest");
     }
 
     #[test]
     fn mistakes_name_the_field() {
-        let field = |kwargs: Value| KafkaConfig::from_kwargs(&kwargs).unwrap_err().field;
+        let field = |kwargs: Value| from_kwargs(&kwargs).unwrap_err().field;
         assert_eq!(field(json!({"bootstrap_servers": "b:9092"})), "topics");
         assert_eq!(field(json!({"topics": []})), "topics");
         assert_eq!(field(json!({"topics": ["t"]})), "bootstrap_servers");
@@ -301,17 +303,57 @@ mod tests {
     }
 
     #[test]
+    fn messages_name_the_full_path_and_keep_the_guidance() {
+        let message = |kwargs: Value| from_kwargs(&kwargs).unwrap_err().to_string();
+        assert_eq!(
+            message(
+                json!({"topics": ["t"], "bootstrap_servers": "b", "kafka_config": {"group.id": {}}})
+            ),
+            "kwargs.kafka_config.group.id: expected a string, number or boolean, got a table"
+        );
+        assert_eq!(
+            message(json!({"topics": ["t", ""], "bootstrap_servers": "b"})),
+            "kwargs.topics[1]: must not be empty"
+        );
+        assert_eq!(
+            message(json!({"bootstrap_servers": "b"})),
+            "kwargs.topics: required: a list of topic names, e.g. [\"orders\"]"
+        );
+        assert_eq!(
+            message(json!({"topics": ["t"], "bootstrap_servers": "b", "topic": "x"})),
+            "kwargs.topic: unknown kwarg; expected one of: topics, bootstrap_servers, group_id, \
+             kafka_config, poll_timeout, poll_interval, commit_offset"
+        );
+        let refused = message(json!({"topics": ["t"], "apply_function": "m.f"}));
+        assert!(
+            refused.starts_with("kwargs.apply_function: Python callables"),
+            "{refused}"
+        );
+        let refused = message(json!({"topics": ["t"], "kafka_config_id": "k"}));
+        assert!(refused.contains("set `bootstrap_servers`"), "{refused}");
+        // An environment reference arrives as a placeholder at sync time, as its value later.
+        let c = from_kwargs(&json!({
+            "topics": "t",
+            "bootstrap_servers": ["b1:9092", "b2:9092"],
+            "kafka_config": {"sasl.password": "${env:KAFKA_PASSWORD}"},
+        }))
+        .unwrap();
+        assert_eq!(c.client["sasl.password"], "${env:KAFKA_PASSWORD}");
+        assert_eq!(c.client["bootstrap.servers"], "b1:9092,b2:9092");
+        assert_eq!(c.topics, ["t"]);
+    }
+
+    #[test]
     fn queue_uris() {
-        let kwargs =
-            KafkaConfig::queue_kwargs("kafka://localhost:9092/orders,refunds", &Map::new())
-                .unwrap()
-                .unwrap();
+        let kwargs = queue_kwargs("kafka://localhost:9092/orders,refunds", &Map::new())
+            .unwrap()
+            .unwrap();
         assert_eq!(
             kwargs,
             json!({"bootstrap_servers": "localhost:9092", "topics": ["orders", "refunds"]})
         );
-        assert!(KafkaConfig::queue_kwargs("sqs://x", &Map::new()).is_none());
-        let err = KafkaConfig::queue_kwargs("kafka://localhost:9092", &Map::new())
+        assert!(queue_kwargs("sqs://x", &Map::new()).is_none());
+        let err = queue_kwargs("kafka://localhost:9092", &Map::new())
             .unwrap()
             .unwrap_err();
         assert_eq!(err.field, "topics");
@@ -324,15 +366,13 @@ mod tests {
             json!({"topics": ["t"], "bootstrap_servers": ["b1:9092", "sasl_plaintext://u:hunter2@b2:9092"]}),
             json!({"topics": ["t"], "kafka_config": {"bootstrap.servers": "u:hunter2@b:9092"}}),
         ] {
-            let err = KafkaConfig::from_kwargs(&kwargs).unwrap_err();
+            let err = from_kwargs(&kwargs).unwrap_err();
             assert_eq!(err.field, "bootstrap_servers");
             assert!(!err.to_string().contains("hunter2"), "{err}");
             assert!(err.message.contains("sasl.password"), "{err}");
         }
         for queue in ["kafka://u:hunter2@b:9092/t", "kafka://u:hun/ter2@b:9092/t"] {
-            let err = KafkaConfig::queue_kwargs(queue, &Map::new())
-                .unwrap()
-                .unwrap_err();
+            let err = queue_kwargs(queue, &Map::new()).unwrap().unwrap_err();
             assert_eq!(err.field, "queue");
             assert!(!err.to_string().contains("hun"), "{err}");
         }
@@ -340,11 +380,9 @@ mod tests {
 
     #[test]
     fn consumers_are_shared_by_identical_client_settings() {
-        let a = KafkaConfig::from_kwargs(&json!({"topics": ["a"], "bootstrap_servers": "b:9092"}))
-            .unwrap();
-        let b = KafkaConfig::from_kwargs(&json!({"topics": ["b"], "bootstrap_servers": "b:9092"}))
-            .unwrap();
-        let c = KafkaConfig::from_kwargs(
+        let a = from_kwargs(&json!({"topics": ["a"], "bootstrap_servers": "b:9092"})).unwrap();
+        let b = from_kwargs(&json!({"topics": ["b"], "bootstrap_servers": "b:9092"})).unwrap();
+        let c = from_kwargs(
             &json!({"topics": ["a"], "bootstrap_servers": "b:9092", "group_id": "other"}),
         )
         .unwrap();

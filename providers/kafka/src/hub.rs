@@ -8,12 +8,10 @@
 //! watcher on it fails: the supervisor restarts them with backoff, a new consumer resumes from
 //! the committed offsets, and dedup keys absorb what is delivered again.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use futures::future::BoxFuture;
-use futures::stream::{FuturesUnordered, StreamExt};
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -21,7 +19,7 @@ use rdkafka::message::{Headers, Message};
 use rdkafka::ClientContext;
 use tokio::sync::{mpsc, oneshot, Notify};
 use tracing::{debug, error, info, warn};
-use triggerer_sdk::{Committed, Event, EventSink, NotCommitted};
+use triggerer_sdk::{Event, EventSink, InFlight, Settled, Ticket, Watermark};
 
 use crate::config::KafkaConfig;
 use crate::payload::Received;
@@ -29,13 +27,8 @@ use crate::payload::Received;
 /// Messages handed out and not yet committed, per consumer, before it stops reading.
 const MAX_IN_FLIGHT: usize = 10_000;
 
-/// A delivery's end: which message, for which watcher, and how it went.
-type Outcome = (String, i32, i64, u64, Result<Committed, NotCommitted>);
-
-/// Per partition: offset → watchers whose event of that message is not committed yet. A set,
-/// not a count, so a message delivered again (after a rebalance) while its first delivery is
-/// still in flight is released only once every watcher's event of it committed.
-type Pending = HashMap<(String, i32), BTreeMap<i64, HashSet<u64>>>;
+/// A topic and partition: the unit whose offsets are stored in order.
+type Slot = (String, i32);
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -176,28 +169,15 @@ impl Redact {
     }
 }
 
-/// Whether a librdkafka setting holds a secret: the words of the core's `secrets::is_sensitive`
-/// (a provider cannot depend on the core) and those of librdkafka's own sensitive properties
-/// (`ssl.key.pem`, `ssl.keystore.password`, `sasl.oauthbearer.config`, …).
+/// Whether a librdkafka setting holds a secret: the SDK's vocabulary, plus librdkafka's own
+/// sensitive properties that name no secret word (`ssl.key.pem`, `sasl.oauthbearer.config`,
+/// …).
 fn is_secret_setting(key: &str) -> bool {
     let key = key.to_ascii_lowercase();
-    [
-        "password",
-        "passwd",
-        "passphrase",
-        "secret",
-        "token",
-        "credential",
-        "api_key",
-        "apikey",
-        "private",
-        "key.pem",
-        "jaas.config",
-        "authorization",
-        "oauthbearer.config",
-    ]
-    .iter()
-    .any(|word| key.contains(word))
+    triggerer_sdk::is_sensitive_key(&key)
+        || ["private", "key.pem", "oauthbearer.config"]
+            .iter()
+            .any(|word| key.contains(word))
 }
 
 /// A configuration librdkafka refused, without the value: librdkafka (`Unsupported value
@@ -342,8 +322,11 @@ async fn consume(
     mut errors: mpsc::UnboundedReceiver<KafkaError>,
 ) -> Result<(), String> {
     let mut subscribed: BTreeSet<String> = BTreeSet::new();
-    let mut inflight: FuturesUnordered<BoxFuture<'static, Outcome>> = FuturesUnordered::new();
-    let mut pending: Pending = HashMap::new();
+    // One delivery per message and watcher, tagged with its partition and its place there.
+    let mut inflight: InFlight<(Slot, Ticket)> = InFlight::new(MAX_IN_FLIGHT);
+    // A message's offset is stored once every watcher's event of it, and of every message
+    // before it in the partition, committed.
+    let mut marks: Watermark<Slot> = Watermark::new();
 
     loop {
         let (topics, watchers) = {
@@ -381,14 +364,14 @@ async fn consume(
         }
         tokio::select! {
             biased;
-            Some((topic, partition, offset, watcher, result)) = inflight.next() => {
-                if let Err(e) = result {
-                    return Err(format!("the event of {topic}/{partition}@{offset} was not committed: {e}"));
+            Some(Settled { token: (slot, ticket), outcome }) = inflight.next() => {
+                if let Err(e) = outcome {
+                    marks.refuse(&slot, ticket);
+                    return Err(format!("the event of {}/{}@{} was not committed: {e}", slot.0, slot.1, ticket.offset()));
                 }
-                if let Some(waiting) = pending.get_mut(&(topic.clone(), partition)).and_then(|p| p.get_mut(&offset)) {
-                    waiting.remove(&watcher);
+                if let Some(next) = marks.commit(&slot, ticket) {
+                    store(consumer, &slot, next);
                 }
-                store_committed(consumer, &mut pending, topic, partition);
             }
             Some(error) = errors.recv() => {
                 let text = shared.redact.scrub(&error.to_string());
@@ -398,7 +381,7 @@ async fn consume(
                 warn!(cluster = %shared.cluster, error = %text, "kafka client error; librdkafka retries");
             }
             _ = shared.changed.notified() => {}
-            received = consumer.recv(), if watchers > 0 && inflight.len() < MAX_IN_FLIGHT => {
+            received = consumer.recv(), if watchers > 0 && inflight.has_room() => {
                 let message = match received {
                     Ok(m) => m,
                     Err(error) if is_stopping(&error) => {
@@ -427,59 +410,42 @@ async fn consume(
                     .filter(|(_, s)| s.topics.contains(&received.topic))
                     .map(|(id, s)| (*id, s.sink.clone()))
                     .collect();
-                let slot = (received.topic.clone(), received.partition);
-                pending
-                    .entry(slot.clone())
-                    .or_default()
-                    .entry(received.offset)
-                    .or_default()
-                    .extend(sinks.iter().map(|(id, _)| *id));
+                let slot: Slot = (received.topic.clone(), received.partition);
                 if sinks.is_empty() {
                     // Its watcher left: nobody to tell, and nothing to hold the partition for.
-                    store_committed(consumer, &mut pending, slot.0, slot.1);
+                    if let Some(next) = marks.pass(slot.clone(), received.offset) {
+                        store(consumer, &slot, next);
+                    }
                     continue;
                 }
                 let payload = received.payload();
                 let dedup_key = received.dedup_key(&shared.cluster);
-                for (watcher, sink) in sinks {
+                // Room is checked once per message, so one fanned out to several watchers may
+                // go past the bound by a few: splitting a message would hold its partition.
+                for (_, sink) in sinks {
                     // Waiting here when the core's queue is full is the backpressure.
                     let delivery = sink
                         .submit(Event::new(payload.clone(), dedup_key.clone()))
                         .await
                         .map_err(|e| format!("cannot hand over {dedup_key}: {e}"))?;
-                    let (topic, partition, offset) = (received.topic.clone(), received.partition, received.offset);
-                    inflight.push(Box::pin(async move { (topic, partition, offset, watcher, delivery.await) }));
+                    let ticket = marks.track(slot.clone(), received.offset);
+                    inflight.push((slot.clone(), ticket), delivery);
                 }
             }
         }
     }
 }
 
-/// Stores the highest offset of the partition's leading run of messages whose events all
-/// committed, and forgets that run.
-fn store_committed<C: ConsumerContext>(
-    consumer: &StreamConsumer<C>,
-    pending: &mut Pending,
-    topic: String,
-    partition: i32,
-) {
-    let Some(offsets) = pending.get_mut(&(topic.clone(), partition)) else {
-        return;
-    };
-    let mut store = None;
-    while let Some((&offset, waiting)) = offsets.first_key_value() {
-        if !waiting.is_empty() {
-            break;
-        }
-        offsets.remove(&offset);
-        store = Some(offset);
-    }
-    if let Some(offset) = store {
-        // Fails only for a partition revoked meanwhile: its new owner redelivers from the last
-        // committed offset, and the dedup keys absorb the repeats.
-        if let Err(e) = consumer.store_offset(&topic, partition, offset) {
-            debug!(%topic, partition, offset, error = %e, "offset not stored");
-        }
+/// Stores `next` (the partition's release point: one past its last message whose events, and
+/// those of every message before it, committed) for librdkafka to commit.
+fn store<C: ConsumerContext>(consumer: &StreamConsumer<C>, (topic, partition): &Slot, next: i64) {
+    // `store_offset` is librdkafka's legacy `rd_kafka_offset_store`, which commits the offset
+    // it is given plus one: hand it the last released message.
+    let last = next - 1;
+    // Fails only for a partition revoked meanwhile: its new owner redelivers from the last
+    // committed offset, and the dedup keys absorb the repeats.
+    if let Err(e) = consumer.store_offset(topic, *partition, last) {
+        debug!(%topic, partition, offset = last, error = %e, "offset not stored");
     }
 }
 

@@ -29,9 +29,11 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use serde_json::{Map, Value};
-use triggerer_sdk::{EventTrigger, KwargsError, Provider, TriggerContext, TriggerError};
+use triggerer_sdk::{
+    EventTrigger, KwargsError, Refusal, TriggerContext, TriggerError, TypedProvider,
+};
 
-pub use config::KafkaConfig;
+pub use config::{KafkaConfig, KafkaParams, Setting};
 use hub::Hub;
 
 /// The classpaths of [`KafkaProvider`], canonical first.
@@ -57,35 +59,30 @@ impl KafkaProvider {
     }
 }
 
-impl Provider for KafkaProvider {
-    fn name(&self) -> &'static str {
-        "kafka"
+impl TypedProvider for KafkaProvider {
+    type Params = KafkaParams;
+    const NAME: &'static str = "kafka";
+    const CLASSPATHS: &'static [&'static str] = CLASSPATHS;
+    const SCHEMES: &'static [&'static str] = &["kafka"];
+    const REFUSED: &'static [Refusal] = config::REFUSED;
+    const HINTS: &'static [(&'static str, &'static str)] = config::HINTS;
+
+    fn check(&self, params: &KafkaParams) -> Result<(), KwargsError> {
+        KafkaConfig::from_params(params).map(drop)
     }
 
-    fn classpaths(&self) -> &'static [&'static str] {
-        CLASSPATHS
-    }
-
-    fn schemes(&self) -> &'static [&'static str] {
-        &["kafka"]
-    }
-
-    fn queue_kwargs(
+    fn queue_params(
         &self,
         queue: &str,
         kwargs: &Map<String, Value>,
-    ) -> Option<Result<Value, KwargsError>> {
-        KafkaConfig::queue_kwargs(queue, kwargs)
+    ) -> Option<Result<Map<String, Value>, KwargsError>> {
+        config::queue_params(queue, kwargs)
     }
 
-    fn validate(&self, kwargs: &Value) -> Result<(), KwargsError> {
-        KafkaConfig::from_kwargs(kwargs).map(|_| ())
-    }
-
-    fn build(&self, kwargs: &Value) -> Result<Box<dyn EventTrigger>, KwargsError> {
+    fn build_trigger(&self, params: KafkaParams) -> Result<Box<dyn EventTrigger>, KwargsError> {
         Ok(Box::new(AwaitMessageTrigger {
             hub: self.hub.clone(),
-            config: KafkaConfig::from_kwargs(kwargs)?,
+            config: KafkaConfig::from_params(&params)?,
         }))
     }
 }

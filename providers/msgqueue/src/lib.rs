@@ -12,8 +12,10 @@
 
 use std::sync::Arc;
 
+use serde::de::IgnoredAny;
+use serde::Deserialize;
 use serde_json::{Map, Value};
-use triggerer_sdk::{KwargsError, Provider};
+use triggerer_sdk::{parse_kwargs, KwargsError, Provider};
 
 /// A provider that claimed a `queue` URI, with the kwargs it derived from it.
 type QueueMatch = (Arc<dyn Provider>, Result<Value, KwargsError>);
@@ -25,21 +27,39 @@ pub const CLASSPATHS: &[&str] = &[
     "airflow.providers.common.messaging.triggers.msg_queue.MessageQueueTrigger",
 ];
 
+const HINTS: &[(&str, &str)] = &[
+    ("queue", "a URI such as \"kafka://host:9092/topic\""),
+    ("scheme", "a provider's scheme, such as \"kafka\""),
+];
+
+/// A `MessageQueueTrigger` watcher's own kwargs; all the others belong to the provider it
+/// resolves to, which checks them (so no `deny_unknown_fields` here).
+#[derive(Debug, Deserialize)]
+#[serde(expecting = "a table with `queue` (a URI) or `scheme`")]
+struct Dispatch {
+    #[serde(default)]
+    queue: Option<String>,
+    #[serde(default)]
+    scheme: Option<String>,
+    /// Accepted and ignored: watcher triggers run on every triggerer.
+    #[serde(default)]
+    #[allow(dead_code)]
+    trigger_queue: Option<IgnoredAny>,
+    #[serde(flatten)]
+    rest: Map<String, Value>,
+}
+
 /// The provider a `MessageQueueTrigger` watcher stands for, and that provider's kwargs.
 pub fn resolve(
     providers: &[Arc<dyn Provider>],
     kwargs: &Value,
 ) -> Result<(Arc<dyn Provider>, Value), KwargsError> {
-    let Value::Object(map) = kwargs else {
-        return Err(KwargsError::new(
-            "",
-            "expected a table with `queue` (a URI) or `scheme`",
-        ));
-    };
-    let mut rest: Map<String, Value> = map.clone();
-    let queue = rest.remove("queue");
-    let scheme = rest.remove("scheme");
-    rest.remove("trigger_queue");
+    let Dispatch {
+        queue,
+        scheme,
+        rest,
+        ..
+    } = parse_kwargs(kwargs, HINTS)?;
     let known_schemes = || -> String {
         let mut schemes: Vec<&str> = providers
             .iter()
@@ -54,7 +74,7 @@ pub fn resolve(
         }
     };
     match (queue, scheme) {
-        (Some(Value::String(uri)), _) => {
+        (Some(uri), _) => {
             // Errors repeat the URI, so they get it without the password of its userinfo.
             let shown = redact_uri(&uri);
             let mut matches: Vec<QueueMatch> = providers
@@ -77,8 +97,7 @@ pub fn resolve(
                 )),
             }
         }
-        (Some(_), _) => Err(KwargsError::new("queue", "must be a URI string")),
-        (None, Some(Value::String(scheme))) => {
+        (None, Some(scheme)) => {
             let mut matches: Vec<Arc<dyn Provider>> = providers
                 .iter()
                 .filter(|p| p.schemes().contains(&scheme.as_str()))
@@ -104,7 +123,6 @@ pub fn resolve(
                 )),
             }
         }
-        (None, Some(_)) => Err(KwargsError::new("scheme", "must be a string such as \"kafka\"")),
         (None, None) => Err(KwargsError::new(
             "queue",
             "a MessageQueueTrigger needs `queue` (a URI such as \"kafka://host:9092/topic\") or `scheme`",
@@ -274,6 +292,17 @@ mod tests {
         let err = error_of(&twice, json!({"queue": "kafka://t"}));
         assert!(err.message.contains("more than one"), "{err}");
         assert_eq!(error_of(&providers(), json!({})).field, "queue");
-        assert_eq!(error_of(&providers(), json!({"queue": 3})).field, "queue");
+        let err = error_of(&providers(), json!({"queue": 3}));
+        assert_eq!(
+            err.to_string(),
+            "kwargs.queue: expected a string, got 3 (a URI such as \"kafka://host:9092/topic\")"
+        );
+        let err = error_of(&providers(), json!({"scheme": ["kafka"]}));
+        assert_eq!(
+            err.to_string(),
+            "kwargs.scheme: expected a string, got a list (a provider's scheme, such as \"kafka\")"
+        );
+        let err = error_of(&providers(), json!("kafka://t"));
+        assert!(err.message.contains("a table with `queue`"), "{err}");
     }
 }

@@ -7,11 +7,21 @@ use thiserror::Error;
 /// A watcher's kwargs are invalid. Raised at sync time, with no I/O; the core adds the file,
 /// line, asset and watcher to the message.
 #[derive(Debug, Clone, Error, PartialEq, Eq)]
-#[error("kwargs.{field}: {message}")]
+#[error("kwargs{}: {message}", dotted(.field))]
 pub struct KwargsError {
-    /// The offending kwarg, e.g. `filepath` (empty when the kwargs as a whole are wrong).
+    /// The path of the offending value, e.g. `filepath`, `kafka_config.group.id`, `topics[1]`
+    /// (empty when the kwargs as a whole are wrong).
     pub field: String,
     pub message: String,
+}
+
+/// `.field`, or nothing for the kwargs as a whole (`kwargs: expected a table…`).
+fn dotted(field: &str) -> String {
+    if field.is_empty() {
+        String::new()
+    } else {
+        format!(".{field}")
+    }
 }
 
 impl KwargsError {

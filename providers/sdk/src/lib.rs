@@ -1,7 +1,9 @@
 //! The contract between the triggerer core and its providers.
 //!
 //! A *provider* (one crate under `providers/`) answers to one or more classpaths, validates the
-//! kwargs of a watcher without any I/O, and builds an [`EventTrigger`]. The core runs every
+//! kwargs of a watcher without any I/O, and builds an [`EventTrigger`]. It implements
+//! [`TypedProvider`]: its kwargs are a serde type (built from the rules in [`de`]), parsed by
+//! one function with errors naming the full path; the core holds it as a [`Provider`]. The core runs every
 //! trigger in its own task and hands it a [`TriggerContext`]: an [`EventSink`] to emit through,
 //! the trigger's last committed checkpoint, and a cancellation token.
 //!
@@ -17,17 +19,24 @@
 //! This crate knows nothing of SQL, brokers or the CLI; providers depend on it and on nothing
 //! of the core.
 
+pub mod ack;
+pub mod de;
 mod error;
 mod event;
+mod kwargs;
 mod provider;
+mod sensitive;
 mod sink;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 mod warning;
 
+pub use ack::{Drained, InFlight, Settled, Ticket, Watermark};
 pub use error::{EmitError, KwargsError, NotCommitted, TriggerError};
 pub use event::{Checkpoint, Committed, Event};
-pub use provider::{EventTrigger, Provider, TriggerContext};
+pub use kwargs::parse_kwargs;
+pub use provider::{parse_params, EventTrigger, Provider, Refusal, TriggerContext, TypedProvider};
+pub use sensitive::is_sensitive_key;
 pub use sink::{Delivery, Envelope, EventSink};
 pub use warning::{Warning, WarningSink};
 

@@ -1,17 +1,22 @@
-//! The two traits a provider implements: [`Provider`] (a factory the registry holds, one per
-//! crate) and [`EventTrigger`] (one running watcher).
+//! The traits of a provider: [`TypedProvider`] (what a provider implements: its params as a
+//! serde type, and how to build a trigger from them), [`Provider`] (the object-safe factory the
+//! core's registry holds, one per crate, derived from it) and [`EventTrigger`] (one running
+//! watcher).
 
 use std::collections::HashMap;
 
 use async_trait::async_trait;
-use serde_json::Value;
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value};
 use tokio_util::sync::CancellationToken;
 
+use crate::kwargs::parse_kwargs;
 use crate::{EventSink, KwargsError, TriggerError, WarningSink};
 
 /// A factory for triggers of one kind. Held by the core's registry for the whole process, so it
 /// is also the place for state shared by all its triggers (one OS file watcher, one Kafka
-/// consumer per cluster and group).
+/// consumer per cluster and group). A provider crate implements [`TypedProvider`], which gives
+/// this trait; implementing it directly is for kwargs that are no serde type (tests' fakes).
 pub trait Provider: Send + Sync + 'static {
     /// Short name, e.g. `file`; shown in logs and `triggers list`.
     fn name(&self) -> &'static str;
@@ -42,6 +47,121 @@ pub trait Provider: Send + Sync + 'static {
     /// Builds a trigger from validated kwargs. Connecting happens in [`EventTrigger::run`], so
     /// that an unreachable source becomes a restart with backoff, not a build failure.
     fn build(&self, kwargs: &Value) -> Result<Box<dyn EventTrigger>, KwargsError>;
+}
+
+/// A provider as its crate writes it: its kwargs are a serde type, [`Self::Params`], and
+/// [`Provider`], which the core uses, comes with it. Parsing (types, required and unknown
+/// kwargs, the rules of [`crate::de`]) is serde's; [`Self::check`] holds the rules serde cannot
+/// express; [`Self::build_trigger`] only ever sees params that passed both.
+///
+/// Every kwarg is checked the same way at `dags sync` time (with environment references as
+/// `${env:NAME}` placeholder strings) and at build time (with their values), so nothing is
+/// accepted at sync that the triggerer would then refuse, except a secret's own value.
+pub trait TypedProvider: Send + Sync + 'static {
+    /// The kwargs: `#[derive(Deserialize)]` with `#[serde(deny_unknown_fields)]`, so that a
+    /// misspelt kwarg is an error listing the accepted ones, and
+    /// `#[serde(expecting = "a table with …")]` for kwargs that are not a table at all.
+    type Params: DeserializeOwned;
+
+    /// Short name, e.g. `file`; shown in logs and `triggers list`.
+    const NAME: &'static str;
+
+    /// The classpaths this provider answers to, canonical first (see [`Provider::classpaths`]).
+    const CLASSPATHS: &'static [&'static str];
+
+    /// URI schemes served for the common message-queue trigger (see [`Provider::schemes`]).
+    const SCHEMES: &'static [&'static str] = &[];
+
+    /// Kwargs refused whatever their value (Airflow-only ones: callables, connection ids), each
+    /// with what to write instead. Checked before parsing, so the guidance wins over "unknown
+    /// kwarg".
+    const REFUSED: &'static [Refusal] = &[];
+
+    /// `(kwarg, what it takes)`: added to the message when a kwarg is missing or of the wrong
+    /// type (see [`crate::parse_kwargs`]).
+    const HINTS: &'static [(&'static str, &'static str)] = &[];
+
+    /// Rules across kwargs, or on a value's content, that serde cannot express. No I/O.
+    fn check(&self, _params: &Self::Params) -> Result<(), KwargsError> {
+        Ok(())
+    }
+
+    /// The kwargs a message-queue URI stands for, merged with the watcher's other `kwargs`; or
+    /// `None` when this provider does not serve `queue`. The result is then parsed and checked
+    /// like any kwargs. No I/O.
+    fn queue_params(
+        &self,
+        _queue: &str,
+        _kwargs: &Map<String, Value>,
+    ) -> Option<Result<Map<String, Value>, KwargsError>> {
+        None
+    }
+
+    /// Builds a trigger from params that passed [`Self::check`]. Connecting happens in
+    /// [`EventTrigger::run`] (see [`Provider::build`]).
+    fn build_trigger(&self, params: Self::Params) -> Result<Box<dyn EventTrigger>, KwargsError>;
+}
+
+/// A kwarg (or several spellings of one) that is refused, and what to write instead.
+#[derive(Debug, Clone, Copy)]
+pub struct Refusal {
+    pub kwargs: &'static [&'static str],
+    /// The whole message, e.g. "Airflow connections are not available here: set …".
+    pub instead: &'static str,
+}
+
+/// `kwargs` as `P`'s params: refused kwargs first, then serde, then [`TypedProvider::check`].
+/// Errors name the full path of the offending value.
+pub fn parse_params<P: TypedProvider>(
+    provider: &P,
+    kwargs: &Value,
+) -> Result<P::Params, KwargsError> {
+    if let Value::Object(map) = kwargs {
+        for refusal in P::REFUSED {
+            // In the kwargs' order, so the error names the same one every time.
+            if let Some(kwarg) = map.keys().find(|k| refusal.kwargs.contains(&k.as_str())) {
+                return Err(KwargsError::new(kwarg.as_str(), refusal.instead));
+            }
+        }
+    }
+    let params = parse_kwargs(kwargs, P::HINTS)?;
+    provider.check(&params)?;
+    Ok(params)
+}
+
+impl<P: TypedProvider> Provider for P {
+    fn name(&self) -> &'static str {
+        P::NAME
+    }
+
+    fn classpaths(&self) -> &'static [&'static str] {
+        P::CLASSPATHS
+    }
+
+    fn schemes(&self) -> &'static [&'static str] {
+        P::SCHEMES
+    }
+
+    fn queue_kwargs(
+        &self,
+        queue: &str,
+        kwargs: &Map<String, Value>,
+    ) -> Option<Result<Value, KwargsError>> {
+        let merged = self.queue_params(queue, kwargs)?;
+        Some(merged.and_then(|merged| {
+            let merged = Value::Object(merged);
+            parse_params(self, &merged)?;
+            Ok(merged)
+        }))
+    }
+
+    fn validate(&self, kwargs: &Value) -> Result<(), KwargsError> {
+        parse_params(self, kwargs).map(drop)
+    }
+
+    fn build(&self, kwargs: &Value) -> Result<Box<dyn EventTrigger>, KwargsError> {
+        self.build_trigger(parse_params(self, kwargs)?)
+    }
 }
 
 /// A running watcher: emits one event per external occurrence until cancelled.

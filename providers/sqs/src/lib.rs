@@ -36,18 +36,16 @@ use aws_sdk_sqs::types::{
 };
 use aws_sdk_sqs::Client;
 use base64::Engine as _;
-use futures::future::BoxFuture;
-use futures::stream::{FuturesUnordered, StreamExt};
 use serde_json::{json, Map, Value};
 use tokio::sync::{mpsc, Mutex};
 use tokio::time::Instant;
 use tracing::{debug, warn};
 use triggerer_sdk::{
-    CancellationToken, Committed, Event, EventTrigger, KwargsError, NotCommitted, Provider,
-    TriggerContext, TriggerError,
+    CancellationToken, Event, EventTrigger, InFlight, KwargsError, Refusal, Settled,
+    TriggerContext, TriggerError, TypedProvider,
 };
 
-pub use config::SqsConfig;
+pub use config::{SqsConfig, SqsParams};
 
 /// The classpaths of [`SqsProvider`], canonical first.
 pub const CLASSPATHS: &[&str] = &[
@@ -74,35 +72,30 @@ impl SqsProvider {
     }
 }
 
-impl Provider for SqsProvider {
-    fn name(&self) -> &'static str {
-        "sqs"
+impl TypedProvider for SqsProvider {
+    type Params = SqsParams;
+    const NAME: &'static str = "sqs";
+    const CLASSPATHS: &'static [&'static str] = CLASSPATHS;
+    const SCHEMES: &'static [&'static str] = &["sqs"];
+    const REFUSED: &'static [Refusal] = config::REFUSED;
+    const HINTS: &'static [(&'static str, &'static str)] = config::HINTS;
+
+    fn check(&self, params: &SqsParams) -> Result<(), KwargsError> {
+        SqsConfig::from_params(params).map(drop)
     }
 
-    fn classpaths(&self) -> &'static [&'static str] {
-        CLASSPATHS
-    }
-
-    fn schemes(&self) -> &'static [&'static str] {
-        &["sqs"]
-    }
-
-    fn queue_kwargs(
+    fn queue_params(
         &self,
         queue: &str,
         kwargs: &Map<String, Value>,
-    ) -> Option<Result<Value, KwargsError>> {
-        SqsConfig::queue_kwargs(queue, kwargs)
+    ) -> Option<Result<Map<String, Value>, KwargsError>> {
+        config::queue_params(queue, kwargs)
     }
 
-    fn validate(&self, kwargs: &Value) -> Result<(), KwargsError> {
-        SqsConfig::from_kwargs(kwargs).map(|_| ())
-    }
-
-    fn build(&self, kwargs: &Value) -> Result<Box<dyn EventTrigger>, KwargsError> {
+    fn build_trigger(&self, params: SqsParams) -> Result<Box<dyn EventTrigger>, KwargsError> {
         Ok(Box::new(SqsSensorTrigger {
             clients: self.clients.clone(),
-            config: SqsConfig::from_kwargs(kwargs)?,
+            config: SqsConfig::from_params(&params)?,
         }))
     }
 }
@@ -225,7 +218,15 @@ fn payload(m: &Message) -> Value {
     })
 }
 
-type Outcome = (String, String, Result<Committed, NotCommitted>);
+/// A received message awaiting its commit: what deleting it, and keeping it hidden meanwhile,
+/// takes.
+#[derive(Debug)]
+struct Receipt {
+    handle: String,
+    id: String,
+    /// When its visibility was last set.
+    hidden_since: Instant,
+}
 
 #[async_trait]
 impl EventTrigger for SqsSensorTrigger {
@@ -242,9 +243,7 @@ impl EventTrigger for SqsSensorTrigger {
         ));
         let _stop = stop_receiving.clone().drop_guard();
 
-        let mut inflight: FuturesUnordered<BoxFuture<'static, Outcome>> = FuturesUnordered::new();
-        // receipt handle → when its visibility was last set, for messages awaiting their commit.
-        let mut waiting: HashMap<String, Instant> = HashMap::new();
+        let mut inflight: InFlight<Receipt> = InFlight::new(MAX_IN_FLIGHT);
         let mut to_delete: Vec<String> = Vec::new();
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         let extend_after = Duration::from_secs(
@@ -253,34 +252,43 @@ impl EventTrigger for SqsSensorTrigger {
                 .max(5),
         );
 
-        let result = loop {
+        let result = 'run: loop {
             tokio::select! {
                 biased;
                 _ = ctx.cancel.cancelled() => break Ok(()),
-                Some((receipt, id, outcome)) = inflight.next() => {
-                    waiting.remove(&receipt);
+                Some(Settled { token: receipt, outcome }) = inflight.next() => {
                     if let Err(e) = outcome {
-                        break Err(TriggerError::failed(format!("message {id} was not committed: {e}")));
+                        break Err(TriggerError::failed(format!("message {} was not committed: {e}", receipt.id)));
                     }
-                    to_delete.push(receipt);
+                    to_delete.push(receipt.handle);
                     if to_delete.len() >= 10 {
                         delete(&client, &config.queue_url, &mut to_delete).await;
                     }
                 }
                 _ = tick.tick() => {
                     delete(&client, &config.queue_url, &mut to_delete).await;
-                    extend(&client, &config, &mut waiting, extend_after).await;
+                    extend(&client, &config, &mut inflight, extend_after).await;
                 }
-                batch = batches.recv(), if inflight.len() < MAX_IN_FLIGHT => match batch {
+                batch = batches.recv(), if inflight.has_room() => match batch {
                     Some(Ok(messages)) => {
                         for m in messages {
-                            let (Some(id), Some(receipt)) = (m.message_id.clone(), m.receipt_handle.clone()) else {
+                            let (Some(id), Some(handle)) = (m.message_id.clone(), m.receipt_handle.clone()) else {
                                 warn!(queue = %config.queue_url, "message without id or receipt handle; left for its visibility timeout");
                                 continue;
                             };
-                            let delivery = ctx.sink.submit(Event::new(payload(&m), format!("sqs:{id}"))).await?;
-                            waiting.insert(receipt.clone(), Instant::now());
-                            inflight.push(Box::pin(async move { (receipt, id, delivery.await) }));
+                            let event = Event::new(payload(&m), format!("sqs:{id}"));
+                            let receipt = Receipt { handle, id, hidden_since: Instant::now() };
+                            // Waits for room and for the core's queue (backpressure), but not
+                            // past a cancel: the messages not handed over come back by
+                            // themselves.
+                            let submitted = tokio::select! {
+                                biased;
+                                _ = ctx.cancel.cancelled() => break 'run Ok(()),
+                                submitted = inflight.submit(&ctx.sink, event, receipt) => submitted,
+                            };
+                            if let Err(e) = submitted {
+                                break 'run Err(e.into());
+                            }
                         }
                     }
                     Some(Err(e)) => break Err(TriggerError::failed(e)),
@@ -291,14 +299,17 @@ impl EventTrigger for SqsSensorTrigger {
         stop_receiving.cancel();
         let _ = receiver.await;
         // Finish the acknowledgements of what is committing now; the rest comes back later.
-        let deadline = Instant::now() + DRAIN_TIMEOUT;
-        while let Ok(Some((receipt, _, outcome))) =
-            tokio::time::timeout_at(deadline, inflight.next()).await
-        {
-            if outcome.is_ok() {
-                to_delete.push(receipt);
-            }
+        let drained = inflight.drain(Instant::now() + DRAIN_TIMEOUT).await;
+        if !drained.is_complete() {
+            debug!(queue = %config.queue_url, left = drained.unsettled.len(), "stopping with events uncommitted; those messages come back");
         }
+        to_delete.extend(
+            drained
+                .settled
+                .into_iter()
+                .filter(|s| s.outcome.is_ok())
+                .map(|s| s.token.handle),
+        );
         while !to_delete.is_empty() {
             delete(&client, &config.queue_url, &mut to_delete).await;
         }
@@ -353,14 +364,14 @@ async fn delete(client: &Client, queue_url: &str, receipts: &mut Vec<String>) {
 async fn extend(
     client: &Client,
     config: &SqsConfig,
-    waiting: &mut HashMap<String, Instant>,
+    inflight: &mut InFlight<Receipt>,
     after: Duration,
 ) {
     let now = Instant::now();
-    let due: Vec<String> = waiting
-        .iter()
-        .filter(|(_, since)| now.duration_since(**since) >= after)
-        .map(|(r, _)| r.clone())
+    let due: Vec<String> = inflight
+        .unsettled_mut()
+        .filter(|r| now.duration_since(r.hidden_since) >= after)
+        .map(|r| r.handle.clone())
         .take(10)
         .collect();
     if due.is_empty() {
@@ -386,8 +397,11 @@ async fn extend(
         .await
     {
         Ok(_) => {
-            for receipt in due {
-                waiting.insert(receipt, now);
+            // Nothing settled meanwhile: the set is polled only by the trigger's loop.
+            for receipt in inflight.unsettled_mut() {
+                if due.contains(&receipt.handle) {
+                    receipt.hidden_since = now;
+                }
             }
         }
         Err(e) => {
