@@ -409,6 +409,12 @@ fn collect_secrets(stored: &Value, resolved: &Value, sensitive: bool, out: &mut 
 /// `{:?}`, JSON).
 fn spellings(secret: &str) -> Vec<String> {
     let mut forms = vec![secret.to_string(), percent_encode(secret)];
+    // A path or URL comes back without its trailing separators once a library normalised it
+    // (`/data/in/` is reported as directory `/data/in`).
+    let trimmed = secret.trim_end_matches(['/', '\\']);
+    if trimmed.len() < secret.len() {
+        forms.push(trimmed.to_string());
+    }
     if let Some(decoded) = percent_decode(secret) {
         forms.push(decoded);
     }
@@ -798,6 +804,19 @@ mod tests {
         assert_eq!(
             scrub_running("canary-running-1 at kafka://u:pw@h"),
             "canary-running-1 at kafka://u:***@h"
+        );
+    }
+
+    #[test]
+    fn a_path_secret_is_scrubbed_without_its_trailing_slash_too() {
+        let stored = json!({"filepath": {"env": "D"}});
+        let resolved = json!({"filepath": "/data/secret-place/"});
+        let scrubber = Scrubber::new(&stored, &resolved);
+        assert_eq!(
+            scrubber.scrub(
+                "filepath \"/data/secret-place/\": directory /data/secret-place does not exist"
+            ),
+            "filepath \"***\": directory *** does not exist"
         );
     }
 }

@@ -173,12 +173,14 @@ async fn canary_secrets_never_leave_the_environment_through_failures() {
         // Settings no key-based rule calls secret, echoed by the library: only the core's
         // scrubber stands between them and the stored error.
         ("SECRETS_TEST_MECH", format!("{env_canary}-mech")),
+        // A missing directory (the trailing `/` says directory: a missing single file would
+        // be waited for, not an error).
         (
             "SECRETS_TEST_DIR",
-            dir.path()
-                .join(format!("{env_canary}-dir"))
-                .display()
-                .to_string(),
+            format!(
+                "{}/",
+                dir.path().join(format!("{env_canary}-dir")).display()
+            ),
         ),
         // SQS has no credential kwargs: its secrets come from the AWS chain, here the
         // process environment. Moto takes any; the closed port fails with them.
