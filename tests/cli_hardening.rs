@@ -6,7 +6,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -16,52 +16,28 @@ use common::{KillOnDrop, BIN};
 struct Env {
     dir: tempfile::TempDir,
     db_url: String,
+    cli: common::Cli,
+}
+
+impl std::ops::Deref for Env {
+    type Target = common::Cli;
+    fn deref(&self) -> &common::Cli {
+        &self.cli
+    }
 }
 
 impl Env {
     fn new() -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let db_url = format!("sqlite://{}", dir.path().join("t.db").display());
-        Self { dir, db_url }
+        let cli = common::Cli {
+            db_url: db_url.clone(),
+        };
+        Self { dir, db_url, cli }
     }
 
     fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
-    }
-
-    fn cli(&self, args: &[&str]) -> Output {
-        Command::new(BIN)
-            .args(args)
-            .env("TRIGGERER_DATABASE_URL", &self.db_url)
-            .env("RUST_LOG", "warn")
-            .output()
-            .expect("run triggerer")
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.cli(args);
-        assert!(
-            out.status.success(),
-            "{args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    /// Runs a command that must fail, and returns what it printed on stderr.
-    fn fails(&self, args: &[&str]) -> String {
-        let out = self.cli(args);
-        assert_eq!(
-            out.status.code(),
-            Some(1),
-            "{args:?} should fail; stdout: {}",
-            String::from_utf8_lossy(&out.stdout)
-        );
-        String::from_utf8_lossy(&out.stderr).into_owned()
-    }
-
-    fn json(&self, args: &[&str]) -> Vec<Value> {
-        serde_json::from_str(&self.ok(args)).expect("a JSON array")
     }
 
     fn names(&self, what: &str, field: &str) -> Vec<String> {
@@ -360,7 +336,10 @@ fn control_characters_are_refused_in_names_and_escaped_in_output_postgres() {
     let (store, db_url) = runtime.block_on(common::postgres_store());
     runtime.block_on(store.close());
     let dir = tempfile::tempdir().expect("temp dir");
-    control_characters_are_refused_in_names_and_escaped_in_output(Env { dir, db_url });
+    let cli = common::Cli {
+        db_url: db_url.clone(),
+    };
+    control_characters_are_refused_in_names_and_escaped_in_output(Env { dir, db_url, cli });
 }
 
 fn control_characters_are_refused_in_names_and_escaped_in_output(env: Env) {

@@ -24,27 +24,6 @@ use serde_json::json;
 use triggerer_sdk::testkit::{run_conformance, ConformanceSource, Timing};
 use triggerer_sdk::{EventTrigger, Provider};
 
-fn kafka_broker() -> String {
-    let addr = std::env::var("TRIGGERER_TEST_KAFKA").unwrap_or_else(|_| "127.0.0.1:19092".into());
-    if std::net::TcpStream::connect(&addr).is_err() {
-        panic!("no Kafka broker at {addr}: run `scripts/test.sh` (it starts tansu), or set TRIGGERER_TEST_KAFKA=host:port");
-    }
-    addr
-}
-
-fn sqs_endpoint() -> String {
-    let url = std::env::var("TRIGGERER_TEST_SQS_ENDPOINT")
-        .unwrap_or_else(|_| "http://127.0.0.1:15055".into());
-    let addr = url
-        .trim_start_matches("http://")
-        .trim_start_matches("https://")
-        .trim_end_matches('/');
-    if std::net::TcpStream::connect(addr).is_err() {
-        panic!("no SQS endpoint at {url}: run `scripts/test.sh` (it starts moto), or set TRIGGERER_TEST_SQS_ENDPOINT");
-    }
-    url
-}
-
 /// One single-partition topic and one consumer group per check: a single partition makes the
 /// source ordered, so the suite also checks that offsets are stored in order only.
 struct Kafka {
@@ -269,7 +248,7 @@ impl ConformanceSource for Sqs {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_kafka_provider_conforms() {
-    let mut source = Kafka::new(kafka_broker()).unwrap_or_else(|e| panic!("{e}"));
+    let mut source = Kafka::new(common::kafka_broker()).unwrap_or_else(|e| panic!("{e}"));
     if let Err(failures) = run_conformance(&mut source).await {
         panic!("{failures}");
     }
@@ -277,7 +256,7 @@ async fn the_kafka_provider_conforms() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sqs_provider_conforms() {
-    let endpoint = sqs_endpoint();
+    let endpoint = common::sqs_endpoint();
     let conf = aws_config::defaults(aws_config::BehaviorVersion::latest())
         .region(aws_config::Region::new("us-east-1"))
         .endpoint_url(&endpoint)

@@ -6,37 +6,29 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
-
-use common::BIN;
 const FILES: usize = 1_000;
 
 struct Env {
     dir: tempfile::TempDir,
     db_url: String,
+    cli: common::Cli,
+}
+
+impl std::ops::Deref for Env {
+    type Target = common::Cli;
+    fn deref(&self) -> &common::Cli {
+        &self.cli
+    }
 }
 
 impl Env {
-    fn cli(&self, args: &[&str]) -> std::process::Output {
-        Command::new(BIN)
-            .args(args)
-            .env("TRIGGERER_DATABASE_URL", &self.db_url)
-            .env("RUST_LOG", "warn")
-            .output()
-            .expect("run triggerer")
-    }
-
-    fn json(&self, args: &[&str]) -> Vec<Value> {
-        let out = self.cli(args);
-        assert!(
-            out.status.success(),
-            "{args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice::<Vec<Value>>(&out.stdout).expect("a JSON array")
+    fn new(dir: tempfile::TempDir, db_url: String) -> Self {
+        let cli = common::Cli {
+            db_url: db_url.clone(),
+        };
+        Self { dir, db_url, cli }
     }
 
     fn standalone(&self, log: &str) -> common::KillOnDrop {
@@ -105,13 +97,10 @@ fn create_files(dir: &Path, range: std::ops::Range<usize>) {
 }
 
 fn run_scenario(db_url: String) {
-    let env = Env {
-        dir: tempfile::tempdir().expect("temp dir"),
-        db_url,
-    };
+    let env = Env::new(tempfile::tempdir().expect("temp dir"), db_url);
     std::fs::create_dir_all(env.incoming()).expect("incoming dir");
     let defs = common::write_file(env.dir.path(), "dags.toml", &definitions(&env.incoming()));
-    let out = env.cli(&["dags", "sync", defs.to_str().expect("utf-8 path")]);
+    let out = env.run(&["dags", "sync", defs.to_str().expect("utf-8 path")]);
     assert!(
         out.status.success(),
         "{}",
@@ -209,17 +198,15 @@ fn thousand_files_with_kill_9_on_postgres() {
 #[test]
 fn broken_definitions_exit_1_and_change_nothing() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let env = Env {
-        db_url: format!("sqlite://{}", dir.path().join("t.db").display()),
-        dir,
-    };
+    let db_url = format!("sqlite://{}", dir.path().join("t.db").display());
+    let env = Env::new(dir, db_url);
     let good = common::write_file(
         env.dir.path(),
         "good.toml",
         &definitions(Path::new("/tmp/x")),
     );
     assert!(env
-        .cli(&["dags", "sync", good.to_str().unwrap()])
+        .run(&["dags", "sync", good.to_str().unwrap()])
         .status
         .success());
     let snapshot = |env: &Env| {
@@ -235,7 +222,7 @@ fn broken_definitions_exit_1_and_change_nothing() {
         "broken.toml",
         "[[asset]]\nname = \"landing\"\n\n[[dag]]\ndag_id = \"ingest\"\nschedule = { assets = \"landing & nowhere\" }\n",
     );
-    let out = env.cli(&["dags", "sync", broken.to_str().unwrap()]);
+    let out = env.run(&["dags", "sync", broken.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     let expected = format!(
@@ -253,16 +240,14 @@ fn broken_definitions_exit_1_and_change_nothing() {
 #[test]
 fn cli_errors_are_clear() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let env = Env {
-        db_url: format!("sqlite://{}", dir.path().join("t.db").display()),
-        dir,
-    };
-    let out = env.cli(&["dags", "trigger", "ghost"]);
+    let db_url = format!("sqlite://{}", dir.path().join("t.db").display());
+    let env = Env::new(dir, db_url);
+    let out = env.run(&["dags", "trigger", "ghost"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("DAG `ghost` not found"));
-    let out = env.cli(&["assets", "emit", "ghost", "--extra", "{}"]);
+    let out = env.run(&["assets", "emit", "ghost", "--extra", "{}"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("asset `ghost` not found"));
-    let out = env.cli(&["runs", "list", "--state", "sleeping"]);
+    let out = env.run(&["runs", "list", "--state", "sleeping"]);
     assert!(!out.status.success());
 }
 
@@ -271,14 +256,9 @@ fn cli_errors_are_clear() {
 /// literal secret is masked in listings and warned about at sync.
 #[test]
 fn environment_references_resolve_only_in_the_triggerer() {
-    let env = Env {
-        dir: tempfile::tempdir().expect("temp dir"),
-        db_url: String::new(),
-    };
-    let env = Env {
-        db_url: format!("sqlite://{}", env.dir.path().join("t.db").display()),
-        ..env
-    };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db_url = format!("sqlite://{}", dir.path().join("t.db").display());
+    let env = Env::new(dir, db_url);
     std::fs::create_dir_all(env.incoming()).expect("incoming dir");
     let defs = common::write_file(
         env.dir.path(),
@@ -306,7 +286,7 @@ classpath = "kafka.AwaitMessageTrigger"
 kwargs = { topics = ["o"], bootstrap_servers = "127.0.0.1:1", kafka_config = { "sasl.password" = "hunter2" } }
 "#,
     );
-    let out = env.cli(&["dags", "sync", defs.to_str().expect("utf-8 path")]);
+    let out = env.run(&["dags", "sync", defs.to_str().expect("utf-8 path")]);
     assert!(
         out.status.success(),
         "{}",
@@ -375,6 +355,6 @@ kwargs = { topics = ["o"], bootstrap_servers = "127.0.0.1:1", kafka_config = { "
     );
     assert_eq!(by_asset("landing")["state"], "running");
     assert_eq!(by_asset("unset")["state"], "failing");
-    let human = env.cli(&["triggers", "list"]);
+    let human = env.run(&["triggers", "list"]);
     assert!(!String::from_utf8_lossy(&human.stdout).contains("hunter2"));
 }

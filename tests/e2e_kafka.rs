@@ -16,14 +16,6 @@ use serde_json::json;
 use triggerer_sdk::testkit::TestRun;
 use triggerer_sdk::Provider;
 
-fn broker() -> String {
-    let addr = std::env::var("TRIGGERER_TEST_KAFKA").unwrap_or_else(|_| "127.0.0.1:19092".into());
-    if std::net::TcpStream::connect(&addr).is_err() {
-        panic!("no Kafka broker at {addr}: run `scripts/test.sh` (it starts tansu), or set TRIGGERER_TEST_KAFKA=host:port");
-    }
-    addr
-}
-
 async fn create_topic(addr: &str, topic: &str, partitions: i32) {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", addr)
@@ -89,7 +81,7 @@ async fn count_events(pool: &sqlx::SqlitePool) -> i64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_messages_with_kill_9_become_exactly_ten_thousand_events() {
-    let addr = broker();
+    let addr = common::kafka_broker();
     let topic = common::unique("orders");
     create_topic(&addr, &topic, 3).await;
     produce(&addr, &topic, 3, 0..5_000).await;
@@ -218,7 +210,7 @@ kwargs = {{ queue = "kafka://{addr}/{topic}", group_id = "{group}-uri", kafka_co
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_consumer_serves_a_hundred_watchers_and_a_dead_cluster_fails_alone() {
-    let addr = broker();
+    let addr = common::kafka_broker();
     let topics: Vec<String> = (0..10).map(|i| common::unique(&format!("t{i}"))).collect();
     for t in &topics {
         create_topic(&addr, t, 1).await;

@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::process::{Command, Output};
+use std::process::Command;
 
 use serde_json::Value;
 
@@ -12,37 +12,24 @@ use common::BIN;
 
 struct Cli {
     _dir: tempfile::TempDir,
-    db_url: String,
+    cli: common::Cli,
+}
+
+impl std::ops::Deref for Cli {
+    type Target = common::Cli;
+    fn deref(&self) -> &common::Cli {
+        &self.cli
+    }
 }
 
 impl Cli {
     fn sqlite() -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let db_url = format!("sqlite://{}", dir.path().join("t.db").display());
-        Self { _dir: dir, db_url }
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        Command::new(BIN)
-            .args(args)
-            .env("TRIGGERER_DATABASE_URL", &self.db_url)
-            .env("RUST_LOG", "warn")
-            .output()
-            .expect("run triggerer")
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn json(&self, args: &[&str]) -> Vec<Value> {
-        serde_json::from_str(&self.ok(args)).expect("JSON array")
+        Self {
+            _dir: dir,
+            cli: common::Cli { db_url },
+        }
     }
 
     fn sync(&self, text: &str) {
@@ -352,7 +339,9 @@ fn two_schedulers_on_postgres_consume_every_event_once() {
     let dir = tempfile::tempdir().expect("temp dir");
     let cli = Cli {
         _dir: dir,
-        db_url: url.clone(),
+        cli: common::Cli {
+            db_url: url.clone(),
+        },
     };
     cli.sync(
         r#"

@@ -39,27 +39,6 @@ fn bin() -> String {
     std::env::var("TRIGGERER_TEST_BIN").unwrap_or_else(|_| common::BIN.to_string())
 }
 
-fn kafka_broker() -> String {
-    let addr = std::env::var("TRIGGERER_TEST_KAFKA").unwrap_or_else(|_| "127.0.0.1:19092".into());
-    if std::net::TcpStream::connect(&addr).is_err() {
-        panic!("no Kafka broker at {addr}: run `scripts/test.sh` (it starts tansu), or set TRIGGERER_TEST_KAFKA=host:port");
-    }
-    addr
-}
-
-fn sqs_endpoint() -> String {
-    let url = std::env::var("TRIGGERER_TEST_SQS_ENDPOINT")
-        .unwrap_or_else(|_| "http://127.0.0.1:15055".into());
-    let addr = url
-        .trim_start_matches("http://")
-        .trim_start_matches("https://")
-        .trim_end_matches('/');
-    if std::net::TcpStream::connect(addr).is_err() {
-        panic!("no SQS endpoint at {url}: run `scripts/test.sh` (it starts moto), or set TRIGGERER_TEST_SQS_ENDPOINT");
-    }
-    url.trim_end_matches('/').to_string()
-}
-
 /// A port nothing listens on: bound, then released.
 fn closed_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -150,8 +129,8 @@ async fn wait_until_all_fail(db_url: &str, log: &Path, within: Duration) -> Vec<
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn canary_secrets_never_leave_the_environment_through_failures() {
     let _turn = ENVIRONMENT.lock().await;
-    let broker = kafka_broker();
-    let sqs = sqs_endpoint();
+    let broker = common::kafka_broker();
+    let sqs = common::sqs_endpoint();
     let closed = closed_port();
     let dir = tempfile::tempdir().expect("temp dir");
     // From the environment: must be nowhere. Literal: stored as written, else nowhere.

@@ -9,19 +9,6 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
 
-fn endpoint() -> String {
-    let url = std::env::var("TRIGGERER_TEST_SQS_ENDPOINT")
-        .unwrap_or_else(|_| "http://127.0.0.1:15055".into());
-    let addr = url
-        .trim_start_matches("http://")
-        .trim_start_matches("https://")
-        .trim_end_matches('/');
-    if std::net::TcpStream::connect(addr).is_err() {
-        panic!("no SQS endpoint at {url}: run `scripts/test.sh` (it starts moto), or set TRIGGERER_TEST_SQS_ENDPOINT");
-    }
-    url
-}
-
 async fn client(endpoint: &str) -> aws_sdk_sqs::Client {
     let conf = aws_config::defaults(aws_config::BehaviorVersion::latest())
         .region(aws_config::Region::new("us-east-1"))
@@ -70,7 +57,7 @@ async fn queue_with(client: &aws_sdk_sqs::Client, name: &str, messages: usize) -
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_thousand_messages_with_kill_9_become_exactly_two_thousand_events() {
-    let endpoint = endpoint();
+    let endpoint = common::sqs_endpoint();
     let sqs = client(&endpoint).await;
     let tag = format!(
         "{}-{}",
@@ -204,7 +191,7 @@ async fn send(client: &aws_sdk_sqs::Client, queue: &str, bodies: impl IntoIterat
 /// or not JSON, and binary attributes, are stored as they came. None lost, none twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missing_queue_and_endpoint_outage_fail_alone_and_recover() {
-    let endpoint = endpoint();
+    let endpoint = common::sqs_endpoint();
     let sqs = client(&endpoint).await;
     let proxy = common::FaultyProxy::start(&common::host_port(&endpoint));
     let proxied = format!("http://127.0.0.1:{}", proxy.port);

@@ -373,3 +373,73 @@ pub async fn wait_for_failing(
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     }
 }
+
+/// The Kafka-compatible broker of the tests: `TRIGGERER_TEST_KAFKA`, or the tansu
+/// `scripts/test.sh` starts. Fails with how to start one when nothing listens there.
+pub fn kafka_broker() -> String {
+    let addr = std::env::var("TRIGGERER_TEST_KAFKA").unwrap_or_else(|_| "127.0.0.1:19092".into());
+    if std::net::TcpStream::connect(&addr).is_err() {
+        panic!("no Kafka broker at {addr}: run `scripts/test.sh` (it starts tansu), or set TRIGGERER_TEST_KAFKA=host:port");
+    }
+    addr
+}
+
+/// The SQS endpoint of the tests: `TRIGGERER_TEST_SQS_ENDPOINT`, or the moto
+/// `scripts/test.sh` starts. Fails with how to start one when nothing listens there.
+pub fn sqs_endpoint() -> String {
+    let url = std::env::var("TRIGGERER_TEST_SQS_ENDPOINT")
+        .unwrap_or_else(|_| "http://127.0.0.1:15055".into());
+    let url = url.trim_end_matches('/').to_string();
+    let addr = url
+        .trim_start_matches("http://")
+        .trim_start_matches("https://");
+    if std::net::TcpStream::connect(addr).is_err() {
+        panic!("no SQS endpoint at {url}: run `scripts/test.sh` (it starts moto), or set TRIGGERER_TEST_SQS_ENDPOINT");
+    }
+    url
+}
+
+/// The binary against one database, as a user types its commands (`RUST_LOG=warn`).
+pub struct Cli {
+    pub db_url: String,
+}
+
+impl Cli {
+    /// Runs `triggerer ARGS`.
+    pub fn run(&self, args: &[&str]) -> std::process::Output {
+        std::process::Command::new(BIN)
+            .args(args)
+            .env("TRIGGERER_DATABASE_URL", &self.db_url)
+            .env("RUST_LOG", "warn")
+            .output()
+            .expect("run triggerer")
+    }
+
+    /// Runs a command that must succeed; its stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "{args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs a command that must fail with exit code 1; its stderr.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{args:?} should fail; stdout: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    /// Runs a `--json` command that must succeed; the array it printed.
+    pub fn json(&self, args: &[&str]) -> Vec<serde_json::Value> {
+        serde_json::from_str(&self.ok(args)).expect("a JSON array")
+    }
+}
