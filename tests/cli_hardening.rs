@@ -13,29 +13,9 @@ use serde_json::Value;
 
 use common::{KillOnDrop, BIN};
 
-struct Env {
-    dir: tempfile::TempDir,
-    db_url: String,
-    cli: common::Cli,
-}
-
-impl std::ops::Deref for Env {
-    type Target = common::Cli;
-    fn deref(&self) -> &common::Cli {
-        &self.cli
-    }
-}
+type Env = common::Workspace;
 
 impl Env {
-    fn new() -> Self {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let db_url = format!("sqlite://{}", dir.path().join("t.db").display());
-        let cli = common::Cli {
-            db_url: db_url.clone(),
-        };
-        Self { dir, db_url, cli }
-    }
-
     fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
@@ -116,7 +96,7 @@ fn wait_exit(child: &mut KillOnDrop, within: Duration) -> Option<i32> {
 
 #[test]
 fn syncs_that_would_remove_everything_are_refused_and_change_nothing() {
-    let env = Env::new();
+    let env = Env::sqlite();
     let defs = common::write_file(env.dir.path(), "dags.toml", TWO_DAGS);
     env.ok(&["dags", "sync", defs.to_str().unwrap()]);
     env.ok(&["assets", "emit", "orders", "--dedup-key", "e1"]);
@@ -156,7 +136,7 @@ fn syncs_that_would_remove_everything_are_refused_and_change_nothing() {
 
 #[test]
 fn symlink_loops_in_a_definitions_directory_are_followed_once() {
-    let env = Env::new();
+    let env = Env::sqlite();
     let dags = env.path("dags");
     std::fs::create_dir_all(dags.join("team")).unwrap();
     common::write_file(&dags, "a.toml", "[[asset]]\nname = \"a\"\n");
@@ -189,7 +169,7 @@ fn symlink_loops_in_a_definitions_directory_are_followed_once() {
 
 #[test]
 fn dags_watch_syncs_once_per_real_change_and_sighup_reloads() {
-    let env = Env::new();
+    let env = Env::sqlite();
     let dags = env.path("dags");
     std::fs::create_dir_all(&dags).unwrap();
     let file = common::write_file(&dags, "dags.toml", TWO_DAGS);
@@ -275,7 +255,7 @@ fn dags_watch_syncs_once_per_real_change_and_sighup_reloads() {
 
 #[test]
 fn sighup_without_dags_is_logged_and_ignored() {
-    let env = Env::new();
+    let env = Env::sqlite();
     let log = std::fs::File::create(env.path("run.log")).unwrap();
     let mut child = KillOnDrop(
         Command::new(BIN)
@@ -303,7 +283,7 @@ fn sighup_without_dags_is_logged_and_ignored() {
 
 #[test]
 fn reserved_or_empty_run_ids_and_dedup_keys_are_refused() {
-    let env = Env::new();
+    let env = Env::sqlite();
     let defs = common::write_file(env.dir.path(), "dags.toml", TWO_DAGS);
     env.ok(&["dags", "sync", defs.to_str().unwrap()]);
     for run_id in [
@@ -325,7 +305,7 @@ fn reserved_or_empty_run_ids_and_dedup_keys_are_refused() {
 
 #[test]
 fn control_characters_are_refused_in_names_and_escaped_in_output_sqlite() {
-    control_characters_are_refused_in_names_and_escaped_in_output(Env::new());
+    control_characters_are_refused_in_names_and_escaped_in_output(Env::sqlite());
 }
 
 /// PostgreSQL refused a NUL with a raw driver error and no `file:line`.
@@ -336,10 +316,7 @@ fn control_characters_are_refused_in_names_and_escaped_in_output_postgres() {
     let (store, db_url) = runtime.block_on(common::postgres_store());
     runtime.block_on(store.close());
     let dir = tempfile::tempdir().expect("temp dir");
-    let cli = common::Cli {
-        db_url: db_url.clone(),
-    };
-    control_characters_are_refused_in_names_and_escaped_in_output(Env { dir, db_url, cli });
+    control_characters_are_refused_in_names_and_escaped_in_output(Env::new(dir, db_url));
 }
 
 fn control_characters_are_refused_in_names_and_escaped_in_output(env: Env) {
@@ -392,7 +369,7 @@ fn control_characters_are_refused_in_names_and_escaped_in_output(env: Env) {
 
 #[test]
 fn smaller_traps_give_clear_errors() {
-    let env = Env::new();
+    let env = Env::sqlite();
     let defs = common::write_file(
         env.dir.path(),
         "dags.toml",

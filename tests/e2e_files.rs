@@ -10,27 +10,9 @@ use std::time::{Duration, Instant};
 
 const FILES: usize = 1_000;
 
-struct Env {
-    dir: tempfile::TempDir,
-    db_url: String,
-    cli: common::Cli,
-}
-
-impl std::ops::Deref for Env {
-    type Target = common::Cli;
-    fn deref(&self) -> &common::Cli {
-        &self.cli
-    }
-}
+type Env = common::Workspace;
 
 impl Env {
-    fn new(dir: tempfile::TempDir, db_url: String) -> Self {
-        let cli = common::Cli {
-            db_url: db_url.clone(),
-        };
-        Self { dir, db_url, cli }
-    }
-
     fn standalone(&self, log: &str) -> common::KillOnDrop {
         common::standalone(&self.db_url, &self.dir.path().join(log))
     }

@@ -443,3 +443,35 @@ impl Cli {
         serde_json::from_str(&self.ok(args)).expect("a JSON array")
     }
 }
+
+/// A temporary directory for a test's files (and, usually, its SQLite database) with the
+/// binary pointed at a database: `workspace.ok(&[…])` runs a command.
+pub struct Workspace {
+    pub dir: tempfile::TempDir,
+    pub db_url: String,
+    pub cli: Cli,
+}
+
+impl Workspace {
+    /// A new directory with a SQLite database `t.db` in it.
+    pub fn sqlite() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let db_url = format!("sqlite://{}", dir.path().join("t.db").display());
+        Self::new(dir, db_url)
+    }
+
+    /// `dir` for the files, and the database at `db_url`.
+    pub fn new(dir: tempfile::TempDir, db_url: String) -> Self {
+        let cli = Cli {
+            db_url: db_url.clone(),
+        };
+        Self { dir, db_url, cli }
+    }
+}
+
+impl std::ops::Deref for Workspace {
+    type Target = Cli;
+    fn deref(&self) -> &Cli {
+        &self.cli
+    }
+}
