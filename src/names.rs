@@ -8,8 +8,6 @@
 
 use std::fmt;
 
-use serde_json::Value;
-
 use crate::dag_run::DagRunType;
 
 /// The run types whose run-id prefix (`scheduled__`) only the scheduler may give.
@@ -89,32 +87,9 @@ pub fn escape_control(text: &str) -> std::borrow::Cow<'_, str> {
     std::borrow::Cow::Owned(out)
 }
 
-/// The path (`a.0.b`) of the first string or key in `value` holding a NUL, which PostgreSQL
-/// cannot store in JSON (`""` when `value` itself is such a string).
-pub fn nul_in_json(value: &Value) -> Option<String> {
-    match value {
-        Value::String(s) if s.contains('\0') => Some(String::new()),
-        Value::Object(map) => map.iter().find_map(|(k, v)| {
-            if k.contains('\0') {
-                return Some(k.escape_default().to_string());
-            }
-            nul_in_json(v).map(|rest| join_path(k, &rest))
-        }),
-        Value::Array(items) => items
-            .iter()
-            .enumerate()
-            .find_map(|(i, v)| nul_in_json(v).map(|rest| join_path(&i.to_string(), &rest))),
-        _ => None,
-    }
-}
-
-fn join_path(head: &str, rest: &str) -> String {
-    if rest.is_empty() {
-        head.to_string()
-    } else {
-        format!("{head}.{rest}")
-    }
-}
+/// The path of the first string or key in a JSON value holding a NUL, which PostgreSQL cannot
+/// store: the SDK's check, shared with the providers.
+pub use triggerer_sdk::nul_in_json;
 
 #[cfg(test)]
 mod tests {

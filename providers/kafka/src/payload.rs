@@ -16,25 +16,36 @@ pub struct Received {
     pub timestamp_ms: Option<i64>,
 }
 
-/// `(value, encoding)`: JSON when the bytes parse as JSON, else UTF-8 text, else base64.
+/// `(value, encoding)`: JSON when the bytes parse as JSON, else UTF-8 text, else base64. A
+/// NUL character cannot be stored in JSON on PostgreSQL, so JSON whose strings hold one is kept
+/// as its text (where it is the escape `\u0000`, no NUL), and text holding one as base64.
 fn decode(bytes: &[u8]) -> (Value, &'static str) {
     if let Ok(json) = serde_json::from_slice::<Value>(bytes) {
-        return (json, "json");
+        if triggerer_sdk::nul_in_json(&json).is_none() {
+            return (json, "json");
+        }
     }
-    match std::str::from_utf8(bytes) {
-        Ok(text) => (Value::String(text.to_string()), "text"),
-        Err(_) => (
+    match text(bytes) {
+        Some(text) => (Value::String(text.to_string()), "text"),
+        None => (
             Value::String(base64::engine::general_purpose::STANDARD.encode(bytes)),
             "base64",
         ),
     }
 }
 
-/// Text if UTF-8, else base64 (keys and headers are identifiers, not documents).
+/// The bytes as text, when they are UTF-8 without a NUL.
+fn text(bytes: &[u8]) -> Option<&str> {
+    std::str::from_utf8(bytes)
+        .ok()
+        .filter(|t| !t.contains('\0'))
+}
+
+/// Text if UTF-8 without a NUL, else base64 (keys and headers are identifiers, not documents).
 fn text_or_base64(bytes: &[u8]) -> Value {
-    match std::str::from_utf8(bytes) {
-        Ok(text) => Value::String(text.to_string()),
-        Err(_) => Value::String(base64::engine::general_purpose::STANDARD.encode(bytes)),
+    match text(bytes) {
+        Some(text) => Value::String(text.to_string()),
+        None => Value::String(base64::engine::general_purpose::STANDARD.encode(bytes)),
     }
 }
 
@@ -92,6 +103,30 @@ mod tests {
             ],
             timestamp_ms: Some(1_700_000_000_000),
         }
+    }
+
+    /// PostgreSQL refuses a NUL in JSON: such a message was a poison event there.
+    #[test]
+    fn nul_characters_never_reach_the_payload() {
+        let p = message(Some(br#"{"a": "x\u0000y"}"#)).payload();
+        assert_eq!(
+            (p["value"].clone(), p["value_encoding"].clone()),
+            (json!(r#"{"a": "x\u0000y"}"#), json!("text"))
+        );
+        let p = message(Some(b"a\0b")).payload();
+        assert_eq!(
+            (p["value"].clone(), p["value_encoding"].clone()),
+            (json!("YQBi"), json!("base64"))
+        );
+        let mut m = message(Some(b"v"));
+        m.key = Some(b"k\0".to_vec());
+        m.headers = vec![("h".into(), Some(b"\0".to_vec()))];
+        let p = m.payload();
+        assert_eq!(
+            (p["key"].clone(), p["headers"]["h"].clone()),
+            (json!("awA="), json!("AA=="))
+        );
+        assert_eq!(triggerer_sdk::nul_in_json(&p), None);
     }
 
     #[test]

@@ -6,7 +6,10 @@ use serde_json::Value;
 /// One external occurrence, as a trigger reports it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Event {
-    /// The JSON payload; stored as `extra.payload` of every asset event made from it.
+    /// The JSON payload; stored as `extra.payload` of every asset event made from it. No string
+    /// or key in it may hold a NUL character: PostgreSQL cannot store one in JSON, and the event
+    /// would be refused there (a source's bytes with NULs belong in an encoded field, see
+    /// [`nul_in_json`]).
     pub payload: Value,
     /// Identifies the occurrence at its source (Kafka cluster/topic/partition/offset, SQS
     /// MessageId, a file's path + inode + mtime). The same occurrence delivered twice must carry
@@ -48,4 +51,31 @@ pub struct Checkpoint {
 pub struct Committed {
     /// Asset events newly inserted for this event (0 when every one was a duplicate).
     pub inserted: u32,
+}
+
+/// The path (`a.0.b`) of the first string or key in `value` holding a NUL character, which
+/// PostgreSQL cannot store in JSON (`""` when `value` itself is such a string).
+pub fn nul_in_json(value: &Value) -> Option<String> {
+    match value {
+        Value::String(s) if s.contains('\0') => Some(String::new()),
+        Value::Object(map) => map.iter().find_map(|(k, v)| {
+            if k.contains('\0') {
+                return Some(k.escape_default().to_string());
+            }
+            nul_in_json(v).map(|rest| join_path(k, &rest))
+        }),
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, v)| nul_in_json(v).map(|rest| join_path(&i.to_string(), &rest))),
+        _ => None,
+    }
+}
+
+fn join_path(head: &str, rest: &str) -> String {
+    if rest.is_empty() {
+        head.to_string()
+    } else {
+        format!("{head}.{rest}")
+    }
 }

@@ -33,7 +33,7 @@ mod warning;
 
 pub use ack::{Drained, InFlight, Settled, Ticket, Watermark};
 pub use error::{EmitError, KwargsError, NotCommitted, TriggerError};
-pub use event::{Checkpoint, Committed, Event};
+pub use event::{nul_in_json, Checkpoint, Committed, Event};
 pub use kwargs::parse_kwargs;
 pub use provider::{parse_params, EventTrigger, Provider, Refusal, TriggerContext, TypedProvider};
 pub use sensitive::is_sensitive_key;
