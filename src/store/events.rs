@@ -11,12 +11,13 @@ use sqlx::Row;
 use triggerer_sdk::{Checkpoint, NotCommitted};
 
 use super::{push_in_list, with_db, JobId, Result, Store, CHUNK};
+use triggerer_sdk::TriggerId;
 
 /// Where an event comes from, which decides the assets it is recorded for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Origin {
     /// A trigger: one asset event for every active asset the trigger watches.
-    Trigger(i64),
+    Trigger(TriggerId),
     /// Pushed by hand for one asset (`assets emit`).
     Manual { asset_id: i64 },
 }
@@ -60,7 +61,7 @@ impl Store {
             let mut ids: Vec<i64> = events
                 .iter()
                 .filter_map(|e| match e.origin {
-                    Origin::Trigger(id) => Some(id),
+                    Origin::Trigger(id) => Some(id.get()),
                     Origin::Manual { .. } => None,
                 })
                 .collect();
@@ -111,6 +112,7 @@ impl Store {
             for (event_index, event) in events.iter().enumerate() {
                 match event.origin {
                     Origin::Trigger(trigger_id) => {
+                        let trigger_id = trigger_id.get();
                         if !owned.contains(&trigger_id) {
                             outcome.push(Err(NotCommitted::Fenced));
                             continue;
@@ -167,7 +169,7 @@ impl Store {
                 if let (Origin::Trigger(trigger_id), Some(cp), Ok(_)) =
                     (&event.origin, &event.checkpoint, result)
                 {
-                    checkpoints.insert((*trigger_id, cp.key.as_str()), cp.value.as_str());
+                    checkpoints.insert((trigger_id.get(), cp.key.as_str()), cp.value.as_str());
                 }
             }
             let checkpoints: Vec<_> = checkpoints.into_iter().collect();

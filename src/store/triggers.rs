@@ -8,6 +8,7 @@ use serde_json::Value;
 use sqlx::Row;
 
 use super::{push_in_list, with_db, Result, Store, CHUNK};
+use triggerer_sdk::TriggerId;
 
 /// A `job` row's id: one running triggerer or scheduler process. It crosses the triggerer,
 /// the scheduler and the store (claims, fencing, the runs a scheduler created), so it has a type.
@@ -27,7 +28,7 @@ pub const SCHEDULER_JOB: &str = "SchedulerJob";
 /// A trigger this triggerer owns and must run.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AssignedTrigger {
-    pub id: i64,
+    pub id: TriggerId,
     pub classpath: String,
     pub kwargs: Value,
 }
@@ -153,7 +154,7 @@ impl Store {
                 .map(|row| {
                     let kwargs: String = row.try_get("kwargs")?;
                     Ok(AssignedTrigger {
-                        id: row.try_get("id")?,
+                        id: TriggerId::new(row.try_get("id")?),
                         classpath: row.try_get("classpath")?,
                         // kwargs are written by `dags sync` as canonical JSON; a row that does
                         // not parse is reported by the supervisor when it builds the trigger.
@@ -167,9 +168,10 @@ impl Store {
     /// The committed checkpoint pairs of each of `trigger_ids`.
     pub async fn load_checkpoints(
         &self,
-        trigger_ids: &[i64],
-    ) -> Result<HashMap<i64, HashMap<String, String>>> {
-        let mut out: HashMap<i64, HashMap<String, String>> = HashMap::new();
+        trigger_ids: &[TriggerId],
+    ) -> Result<HashMap<TriggerId, HashMap<String, String>>> {
+        let trigger_ids: Vec<i64> = trigger_ids.iter().map(|id| id.get()).collect();
+        let mut out: HashMap<TriggerId, HashMap<String, String>> = HashMap::new();
         with_db!(self, pool => {
             for chunk in trigger_ids.chunks(CHUNK) {
                 let mut qb = sqlx::QueryBuilder::new(
@@ -177,7 +179,7 @@ impl Store {
                 );
                 push_in_list(&mut qb, chunk);
                 for row in qb.build().fetch_all(pool).await? {
-                    out.entry(row.try_get("trigger_id")?)
+                    out.entry(TriggerId::new(row.try_get("trigger_id")?))
                         .or_default()
                         .insert(row.try_get("key")?, row.try_get("value")?);
                 }
@@ -187,7 +189,7 @@ impl Store {
     }
 
     /// Records why a trigger failed; shown by `triggers list`.
-    pub async fn record_trigger_failure(&self, trigger_id: i64, error: &str) -> Result<()> {
+    pub async fn record_trigger_failure(&self, trigger_id: TriggerId, error: &str) -> Result<()> {
         let now = crate::time::now();
         with_db!(self, pool => {
             sqlx::query(
@@ -196,7 +198,7 @@ impl Store {
             )
             .bind(error)
             .bind(now)
-            .bind(trigger_id)
+            .bind(trigger_id.get())
             .execute(pool)
             .await?;
             Ok(())
@@ -205,12 +207,12 @@ impl Store {
 
     /// Shows a warning as the trigger's `last_error` (`warning: …`) without counting a failure
     /// or touching `last_error_at`, so the trigger does not show as failing.
-    pub async fn record_trigger_warning(&self, trigger_id: i64, warning: &str) -> Result<()> {
+    pub async fn record_trigger_warning(&self, trigger_id: TriggerId, warning: &str) -> Result<()> {
         let text = format!("warning: {warning}");
         with_db!(self, pool => {
             sqlx::query("UPDATE trigger SET last_error = $1 WHERE id = $2")
                 .bind(&text)
-                .bind(trigger_id)
+                .bind(trigger_id.get())
                 .execute(pool)
                 .await?;
             Ok(())

@@ -14,7 +14,7 @@ use tokio::time::Instant;
 use tracing::{error, info, warn};
 use triggerer_sdk::{
     CancellationToken, EmitError, Envelope, EventSink, NotCommitted, TriggerContext, TriggerError,
-    Warning, WarningSink,
+    TriggerId, Warning, WarningSink,
 };
 
 use crate::registry::ProviderRegistry;
@@ -29,7 +29,7 @@ const HEALTHY_RUN: Duration = Duration::from_secs(60);
 /// How a trigger task ended, reported back to the supervisor.
 #[derive(Debug)]
 pub struct Finished {
-    trigger_id: i64,
+    trigger_id: TriggerId,
     generation: u64,
     outcome: Result<Result<(), TriggerError>, tokio::task::JoinError>,
 }
@@ -59,8 +59,8 @@ pub struct Supervisor {
     registry: ProviderRegistry,
     store: Store,
     events: mpsc::Sender<Envelope>,
-    running: HashMap<i64, Running>,
-    backoff: HashMap<i64, Backoff>,
+    running: HashMap<TriggerId, Running>,
+    backoff: HashMap<TriggerId, Backoff>,
     /// How many triggers the last complete [`Supervisor::reconcile`] was given; `None` when
     /// one could not finish, so the next loop reads the assignment again.
     assigned: Option<usize>,
@@ -69,7 +69,7 @@ pub struct Supervisor {
     /// as a dead supervisor.
     tasks: JoinSet<Result<(), TriggerError>>,
     /// Which trigger start (trigger id, generation) each task is.
-    task_of: HashMap<tokio::task::Id, (i64, u64)>,
+    task_of: HashMap<tokio::task::Id, (TriggerId, u64)>,
     /// Triggers cancelled because they were taken away, with when to abort them if they
     /// have not stopped by then (a trigger stuck in a blocking call must not run on).
     stopping: HashMap<tokio::task::Id, (AbortHandle, Instant)>,
@@ -132,8 +132,8 @@ impl Supervisor {
     /// backoff has passed.
     pub async fn reconcile(&mut self, assigned: &[AssignedTrigger]) {
         self.assigned = Some(assigned.len());
-        let wanted: HashSet<i64> = assigned.iter().map(|t| t.id).collect();
-        let gone: Vec<i64> = self
+        let wanted: HashSet<TriggerId> = assigned.iter().map(|t| t.id).collect();
+        let gone: Vec<TriggerId> = self
             .running
             .keys()
             .filter(|id| !wanted.contains(id))
@@ -142,7 +142,7 @@ impl Supervisor {
         let deadline = Instant::now() + self.grace;
         for id in gone {
             if let Some(run) = self.running.remove(&id) {
-                info!(trigger_id = id, "trigger unassigned; cancelling");
+                info!(trigger_id = %id, "trigger unassigned; cancelling");
                 run.cancel.cancel();
                 self.stopping.insert(run.abort.id(), (run.abort, deadline));
             }
@@ -158,7 +158,7 @@ impl Supervisor {
         if to_start.is_empty() {
             return;
         }
-        let ids: Vec<i64> = to_start.iter().map(|t| t.id).collect();
+        let ids: Vec<TriggerId> = to_start.iter().map(|t| t.id).collect();
         let mut checkpoints = match self.store.load_checkpoints(&ids).await {
             Ok(c) => c,
             Err(e) => {
@@ -215,7 +215,7 @@ impl Supervisor {
         let trigger_id = trigger.id;
         let abort = self.tasks.spawn(event_trigger.run(ctx));
         self.task_of.insert(abort.id(), (trigger_id, generation));
-        info!(trigger_id, classpath = %trigger.classpath, "trigger started");
+        info!(trigger_id = %trigger_id, classpath = %trigger.classpath, "trigger started");
         secrets::register_running(generation, &scrubber);
         self.running.insert(
             trigger.id,
@@ -278,13 +278,13 @@ impl Supervisor {
             return;
         };
         let message = run.scrubber.scrub(&warning.message);
-        warn!(trigger_id = warning.trigger_id, warning = %message, "trigger warning");
+        warn!(trigger_id = %warning.trigger_id, warning = %message, "trigger warning");
         if let Err(e) = self
             .store
             .record_trigger_warning(warning.trigger_id, &message)
             .await
         {
-            warn!(trigger_id = warning.trigger_id, error = %e, "cannot record the trigger warning");
+            warn!(trigger_id = %warning.trigger_id, error = %e, "cannot record the trigger warning");
         }
     }
 
@@ -305,7 +305,7 @@ impl Supervisor {
             // decides whether it runs here again.
             Ok(Err(TriggerError::Emit(EmitError::NotCommitted(NotCommitted::Fenced)))) => {
                 info!(
-                    trigger_id = finished.trigger_id,
+                    trigger_id = %finished.trigger_id,
                     "trigger no longer owned by this triggerer; stopped"
                 );
                 // It may be ours again by the next loop with the count unchanged: read anew.
@@ -336,7 +336,7 @@ impl Supervisor {
     /// out: error text is where libraries echo the settings they refused.
     async fn failed(
         &mut self,
-        trigger_id: i64,
+        trigger_id: TriggerId,
         scrubber: &secrets::Scrubber,
         message: &str,
         ran_for: Option<Duration>,
@@ -350,7 +350,7 @@ impl Supervisor {
         let delay = MIN_BACKOFF
             .saturating_mul(1u32 << (failures - 1).min(6))
             .min(MAX_BACKOFF);
-        error!(trigger_id, failures, retry_in = ?delay, error = %message, "trigger failed");
+        error!(trigger_id = %trigger_id, failures, retry_in = ?delay, error = %message, "trigger failed");
         self.backoff.insert(
             trigger_id,
             Backoff {
@@ -363,7 +363,7 @@ impl Supervisor {
             .record_trigger_failure(trigger_id, &message)
             .await
         {
-            warn!(trigger_id, error = %e, "cannot record the trigger failure");
+            warn!(trigger_id = %trigger_id, error = %e, "cannot record the trigger failure");
         }
     }
 
@@ -385,7 +385,7 @@ impl Supervisor {
                 Ok(None) => break,
                 Err(_) => {
                     for (trigger_id, _) in self.task_of.values() {
-                        warn!(trigger_id, "trigger did not stop in time; aborting it");
+                        warn!(trigger_id = %trigger_id, "trigger did not stop in time; aborting it");
                     }
                     self.tasks.shutdown().await;
                     break;

@@ -827,7 +827,7 @@ impl EventTrigger for FileTrigger {
                 .await
                 .map_err(|e| TriggerError::failed(format!("watch task failed: {e}")))??;
         info!(
-            trigger_id,
+            trigger_id = %trigger_id,
             root = %target.root.display(),
             recursive,
             "watching for files"
@@ -842,7 +842,7 @@ impl EventTrigger for FileTrigger {
         let mut emitter = Emitter::new(sink, cancel);
         let outcome = watch
             .run(&subscription, &mut emitter, config.poke_interval)
-            .instrument(info_span!("file_trigger", trigger_id))
+            .instrument(info_span!("file_trigger", trigger_id = %trigger_id))
             .await;
         // Stop receiving before waiting on the deliveries.
         drop(subscription);

@@ -11,7 +11,7 @@ use serde_json::{Map, Value};
 use tokio_util::sync::CancellationToken;
 
 use crate::kwargs::parse_kwargs;
-use crate::{EventSink, KwargsError, TriggerError, WarningSink};
+use crate::{EventSink, KwargsError, TriggerError, TriggerId, WarningSink};
 
 /// A factory for triggers of one kind. Held by the core's registry for the whole process, so it
 /// is also the place for state shared by all its triggers (one OS file watcher, one Kafka
@@ -176,7 +176,7 @@ pub trait EventTrigger: Send + 'static {
 /// What the core hands a trigger when it starts it.
 #[derive(Debug)]
 pub struct TriggerContext {
-    pub trigger_id: i64,
+    pub trigger_id: TriggerId,
     pub sink: EventSink,
     /// Where to report what the trigger skipped while it goes on (see [`WarningSink`]).
     pub warnings: WarningSink,

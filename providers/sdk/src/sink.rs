@@ -7,12 +7,12 @@ use std::task::{Context, Poll};
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::{Committed, EmitError, Event, NotCommitted};
+use crate::{Committed, EmitError, Event, NotCommitted, TriggerId};
 
 /// An event on its way to the writer, with the channel its outcome goes back on.
 #[derive(Debug)]
 pub struct Envelope {
-    pub trigger_id: i64,
+    pub trigger_id: TriggerId,
     pub event: Event,
     pub ack: oneshot::Sender<Result<Committed, NotCommitted>>,
 }
@@ -20,17 +20,17 @@ pub struct Envelope {
 /// Handed to each running trigger. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct EventSink {
-    trigger_id: i64,
+    trigger_id: TriggerId,
     tx: mpsc::Sender<Envelope>,
 }
 
 impl EventSink {
     /// A sink for `trigger_id` feeding `tx`. The core owns the receiving end.
-    pub fn new(trigger_id: i64, tx: mpsc::Sender<Envelope>) -> Self {
+    pub fn new(trigger_id: TriggerId, tx: mpsc::Sender<Envelope>) -> Self {
         Self { trigger_id, tx }
     }
 
-    pub fn trigger_id(&self) -> i64 {
+    pub fn trigger_id(&self) -> TriggerId {
         self.trigger_id
     }
 
@@ -83,10 +83,10 @@ mod tests {
     #[tokio::test]
     async fn a_delivery_resolves_only_when_the_writer_answers() {
         let (tx, mut rx) = mpsc::channel(1);
-        let sink = EventSink::new(7, tx);
+        let sink = EventSink::new(crate::TriggerId::new(7), tx);
         let mut delivery = sink.submit(Event::new(json!(1), "k")).await.unwrap();
         let envelope = rx.recv().await.unwrap();
-        assert_eq!(envelope.trigger_id, 7);
+        assert_eq!(envelope.trigger_id, crate::TriggerId::new(7));
         assert_eq!(envelope.event.dedup_key, "k");
         // Not committed yet: the delivery is still pending.
         assert!(futures::poll!(&mut delivery).is_pending());
@@ -97,7 +97,7 @@ mod tests {
     #[tokio::test]
     async fn a_dropped_answer_or_writer_is_not_a_commit() {
         let (tx, mut rx) = mpsc::channel(1);
-        let sink = EventSink::new(1, tx);
+        let sink = EventSink::new(crate::TriggerId::new(1), tx);
         let delivery = sink.submit(Event::new(json!(1), "k")).await.unwrap();
         drop(rx.recv().await.unwrap()); // the writer stopped mid-batch
         assert_eq!(delivery.await, Err(NotCommitted::WriterGone));
@@ -109,7 +109,7 @@ mod tests {
     #[tokio::test]
     async fn a_full_queue_makes_submit_wait() {
         let (tx, mut rx) = mpsc::channel(1);
-        let sink = EventSink::new(1, tx);
+        let sink = EventSink::new(crate::TriggerId::new(1), tx);
         let _first = sink.submit(Event::new(json!(1), "a")).await.unwrap();
         let second = sink.submit(Event::new(json!(2), "b"));
         tokio::pin!(second);

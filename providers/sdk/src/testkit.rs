@@ -41,9 +41,9 @@ impl TestRun {
         let (warnings_tx, warnings) = mpsc::unbounded_channel();
         let cancel = CancellationToken::new();
         let ctx = TriggerContext {
-            trigger_id: 1,
-            sink: EventSink::new(1, tx),
-            warnings: WarningSink::new(1, warnings_tx),
+            trigger_id: crate::TriggerId::new(1),
+            sink: EventSink::new(crate::TriggerId::new(1), tx),
+            warnings: WarningSink::new(crate::TriggerId::new(1), warnings_tx),
             checkpoint: checkpoint.clone(),
             cancel: cancel.clone(),
         };

@@ -5,10 +5,12 @@
 
 use tokio::sync::mpsc;
 
+use crate::TriggerId;
+
 /// One warning, as the core receives it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Warning {
-    pub trigger_id: i64,
+    pub trigger_id: TriggerId,
     pub message: String,
 }
 
@@ -16,13 +18,13 @@ pub struct Warning {
 /// never waits (a trigger must not stall on its own diagnostics).
 #[derive(Debug, Clone)]
 pub struct WarningSink {
-    trigger_id: i64,
+    trigger_id: TriggerId,
     tx: mpsc::UnboundedSender<Warning>,
 }
 
 impl WarningSink {
     /// A sink for `trigger_id` feeding `tx`. The core owns the receiving end.
-    pub fn new(trigger_id: i64, tx: mpsc::UnboundedSender<Warning>) -> Self {
+    pub fn new(trigger_id: TriggerId, tx: mpsc::UnboundedSender<Warning>) -> Self {
         Self { trigger_id, tx }
     }
 
