@@ -10,9 +10,10 @@ use sqlx::Row;
 use super::{with_db, Result, Store, StoreError};
 use crate::dag_run::{DagRunState, DagRunType};
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, sqlx::FromRow)]
 pub struct DagRow {
     pub dag_id: String,
+    #[sqlx(json(nullable))]
     pub schedule: Option<Value>,
     pub is_paused: bool,
     pub catchup: bool,
@@ -30,12 +31,14 @@ pub struct AssetRow {
     pub consumers: Vec<String>,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, sqlx::FromRow)]
 pub struct EventRow {
     pub id: i64,
+    #[sqlx(rename = "name")]
     pub asset: String,
     pub uri: String,
     pub timestamp: DateTime<Utc>,
+    #[sqlx(json)]
     pub extra: Value,
     pub source: String,
     pub dedup_key: Option<String>,
@@ -131,25 +134,12 @@ impl Store {
 
     pub async fn list_dags(&self) -> Result<Vec<DagRow>> {
         with_db!(self, pool => {
-            let rows = sqlx::query(
+            Ok(sqlx::query_as::<_, DagRow>(
                 "SELECT dag_id, schedule, is_paused, catchup, max_active_runs, next_dagrun, \
                  next_dagrun_create_after FROM dag WHERE is_stale = FALSE ORDER BY dag_id",
             )
             .fetch_all(pool)
-            .await?;
-            rows.into_iter()
-                .map(|row| {
-                    Ok(DagRow {
-                        dag_id: row.try_get("dag_id")?,
-                        schedule: row.try_get::<Option<Json<Value>>, _>("schedule")?.map(|j| j.0),
-                        is_paused: row.try_get("is_paused")?,
-                        catchup: row.try_get("catchup")?,
-                        max_active_runs: row.try_get("max_active_runs")?,
-                        next_dagrun: row.try_get("next_dagrun")?,
-                        next_dagrun_create_after: row.try_get("next_dagrun_create_after")?,
-                    })
-                })
-                .collect()
+            .await?)
         })
     }
 
@@ -227,7 +217,7 @@ impl Store {
                     )));
                 }
             }
-            let rows = sqlx::query(
+            Ok(sqlx::query_as::<_, EventRow>(
                 "SELECT * FROM (SELECT e.id, a.name, a.uri, e.timestamp, e.extra, e.source, e.dedup_key \
                  FROM asset_event e JOIN asset a ON a.id = e.asset_id \
                  WHERE ($1 IS NULL OR a.name = $1) ORDER BY e.id DESC LIMIT $2) t ORDER BY id",
@@ -235,20 +225,7 @@ impl Store {
             .bind(asset)
             .bind(limit_of(limit))
             .fetch_all(pool)
-            .await?;
-            rows.into_iter()
-                .map(|row| {
-                    Ok(EventRow {
-                        id: row.try_get("id")?,
-                        asset: row.try_get("name")?,
-                        uri: row.try_get("uri")?,
-                        timestamp: row.try_get("timestamp")?,
-                        extra: row.try_get::<Json<Value>, _>("extra")?.0,
-                        source: row.try_get("source")?,
-                        dedup_key: row.try_get("dedup_key")?,
-                    })
-                })
-                .collect()
+            .await?)
         })
     }
 
