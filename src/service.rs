@@ -40,8 +40,8 @@ pub enum ServiceError {
     Sync(#[from] SyncError),
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("{0} task failed: {1}")]
-    Task(&'static str, String),
+    #[error("a service task failed: {0}")]
+    Task(String),
 }
 
 /// What the caller holds to steer a service.
@@ -148,7 +148,7 @@ pub async fn serve(
                 Ok(("scheduler", Ok(()))) if once => break,
                 Ok((_, Ok(()))) => {}
                 Ok((_, Err(e))) => { failure = Some(e); break }
-                Err(e) => { failure = Some(ServiceError::Task("service", e.to_string())); break }
+                Err(e) => { failure = Some(ServiceError::Task(e.to_string())); break }
             },
             else => break,
         }
@@ -160,7 +160,7 @@ pub async fn serve(
                 failure.get_or_insert(e);
             }
             Err(e) => {
-                failure.get_or_insert(ServiceError::Task("service", e.to_string()));
+                failure.get_or_insert(ServiceError::Task(e.to_string()));
             }
             Ok((_, Ok(()))) => {}
         }

@@ -28,18 +28,10 @@ struct Cluster {
 
 impl Cluster {
     fn json(&self, args: &[&str]) -> Vec<Value> {
-        let out = Command::new(BIN)
-            .args(args)
-            .env("TRIGGERER_DATABASE_URL", &self.db_url)
-            .env("RUST_LOG", "warn")
-            .output()
-            .expect("run triggerer");
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).expect("a JSON array")
+        common::Cli {
+            db_url: self.db_url.clone(),
+        }
+        .json(args)
     }
 
     /// `triggerer run` with a 0.5 s heartbeat and a 2 s health threshold.

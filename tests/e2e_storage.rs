@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use common::{KillOnDrop, BIN};
+use common::KillOnDrop;
 
 /// A tmpfs mounted for the test's lifetime.
 struct Tmpfs {
@@ -48,18 +48,10 @@ impl Drop for Tmpfs {
 }
 
 fn cli(db_url: &str, args: &[&str]) -> Vec<Value> {
-    let out = Command::new(BIN)
-        .args(args)
-        .env("TRIGGERER_DATABASE_URL", db_url)
-        .env("RUST_LOG", "error")
-        .output()
-        .expect("run triggerer");
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("json")
+    common::Cli {
+        db_url: db_url.to_string(),
+    }
+    .json(args)
 }
 
 fn definitions(incoming: &Path) -> String {
@@ -138,21 +130,27 @@ fn trigger_state(db_url: &str) -> String {
         .to_string()
 }
 
+/// A file watcher on `dir/incoming` synced into `db_url`, and `standalone` running it (logging
+/// to `dir/run.log`) until its trigger runs.
+fn standalone_watching_files(dir: &Path, db_url: &str) -> (PathBuf, PathBuf, KillOnDrop) {
+    let incoming = dir.join("incoming");
+    std::fs::create_dir_all(&incoming).unwrap();
+    let defs = common::write_file(dir, "dags.toml", &definitions(&incoming));
+    common::sync_definitions(db_url, &defs);
+    let log = dir.join("run.log");
+    let child = common::standalone(db_url, &log);
+    wait_until("the trigger to run", &log, Duration::from_secs(30), || {
+        trigger_state(db_url) == "running"
+    });
+    (incoming, log, child)
+}
+
 #[test]
 fn a_full_disk_pauses_the_heartbeat_and_every_event_is_recorded_once_space_returns() {
     let dir = tempfile::tempdir().expect("temp dir");
     let disk = Tmpfs::mount(dir.path().join("disk"), "6m");
     let db_url = format!("sqlite://{}", disk.path.join("t.db").display());
-    let incoming = dir.path().join("incoming");
-    std::fs::create_dir_all(&incoming).unwrap();
-    let defs = common::write_file(dir.path(), "dags.toml", &definitions(&incoming));
-    common::sync_definitions(&db_url, &defs);
-    let log = dir.path().join("run.log");
-    let mut child = common::standalone(&db_url, &log);
-
-    wait_until("the trigger to run", &log, Duration::from_secs(30), || {
-        trigger_state(&db_url) == "running"
-    });
+    let (incoming, log, mut child) = standalone_watching_files(dir.path(), &db_url);
     create_files(&incoming, 0..50);
     wait_until("the first 50 events", &log, Duration::from_secs(30), || {
         events(&db_url).len() == 50
@@ -257,15 +255,7 @@ fn a_database_file_deleted_or_replaced_under_a_running_process_stops_it() {
         let dir = tempfile::tempdir().expect("temp dir");
         let db = dir.path().join("t.db");
         let db_url = format!("sqlite://{}", db.display());
-        let incoming = dir.path().join("incoming");
-        std::fs::create_dir_all(&incoming).unwrap();
-        let defs = common::write_file(dir.path(), "dags.toml", &definitions(&incoming));
-        common::sync_definitions(&db_url, &defs);
-        let log = dir.path().join("run.log");
-        let mut child = common::standalone(&db_url, &log);
-        wait_until("the trigger to run", &log, Duration::from_secs(30), || {
-            trigger_state(&db_url) == "running"
-        });
+        let (_, log, mut child) = standalone_watching_files(dir.path(), &db_url);
         if what == "deleted" {
             for suffix in ["", "-wal", "-shm"] {
                 let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));

@@ -268,11 +268,6 @@ impl Snapshot {
     }
 }
 
-/// Reads, parses and validates the definitions under `paths` into a plan to write.
-pub fn load(paths: &[PathBuf], registry: &ProviderRegistry) -> Result<SyncPlan, DefinitionErrors> {
-    Snapshot::read(paths)?.validate(registry)
-}
-
 /// Parses definitions from in-memory text, as if read from `file` (used by tests and tools).
 pub fn load_str(
     file: &str,

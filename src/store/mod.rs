@@ -271,9 +271,13 @@ impl Store {
                 // driver's own ROLLBACK then fails, and it keeps counting the connection as in a
                 // transaction: back in the pool, every later BEGIN on it failed ("non-zero
                 // transaction depth") even once space returned. Such a connection is closed
-                // instead. The ping waits for the rollback a dropped transaction queued.
+                // instead. Only a connection that still counts a transaction is looked at twice:
+                // the ping waits for the rollback a dropped transaction may have queued.
                 .after_release(|conn, _| {
                     Box::pin(async move {
+                        if !conn.is_in_transaction() {
+                            return Ok(true);
+                        }
                         conn.ping().await?;
                         Ok(!conn.is_in_transaction())
                     })

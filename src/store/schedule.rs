@@ -154,7 +154,7 @@ pub enum SlotOutcome {
     /// on, with no run for it.
     RunIdTaken {
         run_id: String,
-        run_type: String,
+        run_type: DagRunType,
     },
     /// Another scheduler holds the DAG, it was paused, or the slot changed meanwhile.
     Skipped,
@@ -354,28 +354,23 @@ impl Store {
                     }
                     let run = NewDagRun::of_slot(dag_id, DagRunType::Scheduled, slot, job_id);
                     let id = run.run_id.clone();
-                    // Taken by a run made by hand with this id (manual run ids may not use the
-                    // prefix now, but older databases and the API may hold one): inserting would
-                    // fail on every pass and the schedule would never move.
-                    let taken: Option<String> = sqlx::query_scalar(
-                        "SELECT run_type FROM dag_run WHERE dag_id = $1 AND run_id = $2",
-                    )
-                    .bind(dag_id)
-                    .bind(&id)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                    if let Some(run_type) = taken {
-                        super::store_next_dagrun!(&mut *tx, dag_id, (policy.next_after)(slot.data_interval));
-                        tx.commit().await?;
-                        return Ok(SlotOutcome::RunIdTaken { run_id: id, run_type });
-                    }
-                    // Both clashes were ruled out above, under the DAG's lock.
+                    // The logical date is free (the locked read said so); a run made by hand
+                    // with this id (manual run ids may not use the prefix now, but older
+                    // databases may hold one) makes the insert do nothing: the slot is skipped,
+                    // or inserting would fail on every pass and the schedule never move.
                     let Some((_, dag_run_id)) =
                         super::insert_dag_runs!(tx, std::slice::from_ref(&run), now).pop()
                     else {
-                        return Err(StoreError::Conflict(format!(
-                            "the scheduled run `{id}` of `{dag_id}` conflicts with an existing run"
-                        )));
+                        let run_type: String = sqlx::query_scalar(
+                            "SELECT run_type FROM dag_run WHERE dag_id = $1 AND run_id = $2",
+                        )
+                        .bind(dag_id)
+                        .bind(&id)
+                        .fetch_one(&mut *tx)
+                        .await?;
+                        super::store_next_dagrun!(&mut *tx, dag_id, (policy.next_after)(slot.data_interval));
+                        tx.commit().await?;
+                        return Ok(SlotOutcome::RunIdTaken { run_id: id, run_type: run_type.parse()? });
                     };
                     super::consume_queued_events!(tx, dag_run_id, dag_id, consumed);
                     (SlotOutcome::Created(id), slot.data_interval)

@@ -84,12 +84,17 @@ pub async fn watch(
     }
     let paths = std::slice::from_ref(&path);
     let mut retry_at: Option<tokio::time::Instant> = None;
+    // Without a working file watcher its channel closes at once; SIGHUP still re-syncs.
+    let mut watching = true;
     loop {
         let cause = tokio::select! {
             _ = shutdown.cancelled() => return,
-            changed = rx.recv() => match changed {
+            changed = rx.recv(), if watching => match changed {
                 Some(()) => Cause::Changed,
-                None => return,
+                None => {
+                    watching = false;
+                    continue;
+                }
             },
             asked = reload.recv() => match asked {
                 Some(()) => Cause::Reload,
@@ -101,14 +106,13 @@ pub async fn watch(
         let Some(snapshot) = settled_snapshot(paths, &mut rx, &shutdown).await else {
             return;
         };
-        let snapshot = match snapshot {
-            Ok(s) => s,
+        let (snapshot, digest) = match snapshot {
+            Ok(settled) => settled,
             Err(errors) => {
                 warn!("definitions not re-synced; the previous ones stay in force:\n{errors}");
                 continue;
             }
         };
-        let digest = snapshot.digest();
         if cause == Cause::Changed && digest == applied {
             continue;
         }
@@ -135,7 +139,7 @@ async fn settled_snapshot(
     paths: &[PathBuf],
     changes: &mut mpsc::UnboundedReceiver<()>,
     shutdown: &CancellationToken,
-) -> Option<Result<Snapshot, DefinitionErrors>> {
+) -> Option<Result<(Snapshot, [u8; 32]), DefinitionErrors>> {
     let mut previous: Option<[u8; 32]> = None;
     loop {
         // Let the burst of writes settle.
@@ -154,22 +158,26 @@ async fn settled_snapshot(
         };
         let snapshot = match read {
             Ok(snapshot) => snapshot,
+            // The read panicked: say so and look again after the next pause, as for a file
+            // caught mid-replace; the watch goes on.
             Err(e) => {
-                error!(error = %e, "reading the definitions failed");
-                return None;
+                error!(error = %e, "reading the definitions failed; trying again");
+                previous = None;
+                continue;
             }
         };
-        let digest = match &snapshot {
-            Ok(s) => s.digest(),
+        let snapshot = match snapshot {
+            Ok(s) => s,
             // Unreadable now (a file mid-replace): look again after the next pause.
             Err(_) if previous.is_none() => {
                 previous = Some([0; 32]);
                 continue;
             }
-            Err(_) => return Some(snapshot),
+            Err(errors) => return Some(Err(errors)),
         };
+        let digest = snapshot.digest();
         if previous == Some(digest) {
-            return Some(snapshot);
+            return Some(Ok((snapshot, digest)));
         }
         previous = Some(digest);
     }

@@ -149,7 +149,9 @@ impl Redact {
     fn new(client: &BTreeMap<String, String>) -> Self {
         let mut secrets: Vec<String> = client
             .iter()
-            .filter(|(key, value)| is_secret_setting(key) && value.len() >= MIN_REDACTED_LEN)
+            .filter(|(key, value)| {
+                triggerer_sdk::is_sensitive_key(key) && value.len() >= MIN_REDACTED_LEN
+            })
             .map(|(_, value)| value.clone())
             .collect();
         secrets.sort_unstable();
@@ -167,17 +169,6 @@ impl Redact {
         }
         out
     }
-}
-
-/// Whether a librdkafka setting holds a secret: the SDK's vocabulary, plus librdkafka's own
-/// sensitive properties that name no secret word (`ssl.key.pem`, `sasl.oauthbearer.config`,
-/// …).
-fn is_secret_setting(key: &str) -> bool {
-    let key = key.to_ascii_lowercase();
-    triggerer_sdk::is_sensitive_key(&key)
-        || ["private", "key.pem", "oauthbearer.config"]
-            .iter()
-            .any(|word| key.contains(word))
 }
 
 /// A configuration librdkafka refused, without the value: librdkafka (`Unsupported value

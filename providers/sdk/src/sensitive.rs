@@ -20,6 +20,9 @@ pub fn is_sensitive_key(key: &str) -> bool {
         "private.key",
         "jaas.config",
         "authorization",
+        // librdkafka's sensitive properties that name no secret word.
+        "key.pem",
+        "oauthbearer.config",
     ]
     .iter()
     .any(|word| key.contains(word))
@@ -72,6 +75,8 @@ mod tests {
             "aws_secret_access_key",
             "sasl.jaas.config",
             "api_key",
+            "ssl.key.pem",
+            "sasl.oauthbearer.config",
         ] {
             assert!(is_sensitive_key(key), "{key}");
         }
