@@ -8,7 +8,6 @@
 //! This module owns that vocabulary; it must not read or write the database.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::ops::Range;
 
 use serde_json::{Map, Value};
 use thiserror::Error;
@@ -235,54 +234,9 @@ pub fn uri_credentials(kwargs: &Value) -> Vec<String> {
     found
 }
 
-/// Where the userinfo passwords are in `text`: for every `://`, what lies between the first
-/// `:` and the last `@` before the URI ends (at whitespace, a quote, or the next `://`), when
-/// there is such a `:`. Passwords are often written unencoded, and generated ones hold `/`
-/// (base64) or `@`, so the URI's own end, not the authority's, bounds the search: a URI with a
-/// `:` and an `@` in its path (`http://h:80/x@y`) is masked more than needed, never less.
-/// Several URIs in one string (`a://u:p@h1,b://u:q@h2`) each count.
-fn uri_passwords(text: &str) -> Vec<Range<usize>> {
-    let mut found = Vec::new();
-    let mut from = 0;
-    while let Some(i) = text[from..].find("://") {
-        let start = from + i + 3;
-        let rest = &text[start..];
-        let mut end = rest
-            .find(|c: char| matches!(c, '"' | '\'' | '`' | '<' | '>') || c.is_whitespace())
-            .unwrap_or(rest.len());
-        if let Some(next) = rest[..end].find("://") {
-            end = next;
-        }
-        if let Some(at) = rest[..end].rfind('@') {
-            if let Some(colon) = rest[..at].find(':') {
-                if colon + 1 < at {
-                    found.push(start + colon + 1..start + at);
-                }
-            }
-        }
-        from = start;
-    }
-    found
-}
-
-/// `text` with the password of every URI in it shown as [`MASK`]:
-/// `postgres://u:secret@h/db` → `postgres://u:***@h/db`; the user and host stay, so the
-/// value still says where it points.
-pub fn redact_uri(text: &str) -> String {
-    let ranges = uri_passwords(text);
-    if ranges.is_empty() {
-        return text.to_string();
-    }
-    let mut out = String::with_capacity(text.len());
-    let mut last = 0;
-    for range in ranges {
-        out.push_str(&text[last..range.start]);
-        out.push_str(MASK);
-        last = range.end;
-    }
-    out.push_str(&text[last..]);
-    out
-}
+/// Userinfo passwords in URIs: the SDK's one implementation, shared with the providers.
+pub use triggerer_sdk::redact_uri;
+use triggerer_sdk::uri_passwords;
 
 /// Shortest secret a [`Scrubber`] removes from text. A one- to three-character value (`on`, a
 /// digit, `abc`) also occurs inside ordinary words, numbers and hosts: replacing it everywhere

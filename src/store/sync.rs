@@ -112,27 +112,27 @@ impl Store {
                     .execute(&mut *tx)
                     .await?;
             }
+            // What is defined now, read once: the guard below and both deactivations use it
+            // (what the plan does not declare was active before it, or it is not stale).
+            let active: Vec<(i64, String)> =
+                sqlx::query_as("SELECT id, name FROM asset WHERE is_active = TRUE")
+                    .fetch_all(&mut *tx)
+                    .await?;
+            let live: Vec<String> = sqlx::query_scalar("SELECT dag_id FROM dag WHERE is_stale = FALSE")
+                .fetch_all(&mut *tx)
+                .await?;
+            let declared_assets: HashSet<&str> =
+                plan.assets.iter().map(|a| a.name.as_str()).collect();
+            let declared: HashSet<&str> = plan.dags.iter().map(|d| d.dag_id.as_str()).collect();
             if !plan.allow_removing_everything {
-                let active_assets: Vec<String> =
-                    sqlx::query_scalar("SELECT name FROM asset WHERE is_active = TRUE")
-                        .fetch_all(&mut *tx)
-                        .await?;
-                let live_dags: Vec<String> =
-                    sqlx::query_scalar("SELECT dag_id FROM dag WHERE is_stale = FALSE")
-                        .fetch_all(&mut *tx)
-                        .await?;
-                let declared_assets: HashSet<&str> =
-                    plan.assets.iter().map(|a| a.name.as_str()).collect();
-                let declared_dags: HashSet<&str> =
-                    plan.dags.iter().map(|d| d.dag_id.as_str()).collect();
-                let keeps_something = active_assets
+                let keeps_something = active
                     .iter()
-                    .any(|a| declared_assets.contains(a.as_str()))
-                    || live_dags.iter().any(|d| declared_dags.contains(d.as_str()));
-                if !keeps_something && (!active_assets.is_empty() || !live_dags.is_empty()) {
+                    .any(|(_, name)| declared_assets.contains(name.as_str()))
+                    || live.iter().any(|d| declared.contains(d.as_str()));
+                if !keeps_something && (!active.is_empty() || !live.is_empty()) {
                     return Err(StoreError::WouldRemoveEverything {
-                        assets: active_assets.len(),
-                        dags: live_dags.len(),
+                        assets: active.len(),
+                        dags: live.len(),
                     });
                 }
             }
@@ -155,13 +155,9 @@ impl Store {
                 .try_get("id")?;
                 asset_ids.insert(asset.name.as_str(), id);
             }
-            let active: Vec<(i64, String)> =
-                sqlx::query_as("SELECT id, name FROM asset WHERE is_active = TRUE")
-                    .fetch_all(&mut *tx)
-                    .await?;
             let stale_assets: Vec<i64> = active
                 .into_iter()
-                .filter(|(_, name)| !asset_ids.contains_key(name.as_str()))
+                .filter(|(_, name)| !declared_assets.contains(name.as_str()))
                 .map(|(id, _)| id)
                 .collect();
             report.assets_deactivated = stale_assets.len();
@@ -281,10 +277,6 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
             }
-            let declared: HashSet<&str> = plan.dags.iter().map(|d| d.dag_id.as_str()).collect();
-            let live: Vec<String> = sqlx::query_scalar("SELECT dag_id FROM dag WHERE is_stale = FALSE")
-                .fetch_all(&mut *tx)
-                .await?;
             let stale_dags: Vec<String> =
                 live.into_iter().filter(|d| !declared.contains(d.as_str())).collect();
             report.dags_deactivated = stale_dags.len();

@@ -76,7 +76,7 @@ pub fn resolve(
     match (queue, scheme) {
         (Some(uri), _) => {
             // Errors repeat the URI, so they get it without the password of its userinfo.
-            let shown = redact_uri(&uri);
+            let shown = triggerer_sdk::redact_uri(&uri);
             let mut matches: Vec<QueueMatch> = providers
                 .iter()
                 .filter_map(|p| p.queue_kwargs(&uri, &rest).map(|k| (p.clone(), k)))
@@ -127,25 +127,6 @@ pub fn resolve(
             "queue",
             "a MessageQueueTrigger needs `queue` (a URI such as \"kafka://host:9092/topic\") or `scheme`",
         )),
-    }
-}
-
-/// `uri` with its userinfo password shown as `***` (`kafka://user:***@host/t`): what lies
-/// between the first `:` after the scheme and the last `@`, since passwords are often written
-/// unencoded (with `/` or `@`). The core's `secrets::redact_uri` does the same; this crate
-/// resolves at sync time without the core.
-fn redact_uri(uri: &str) -> String {
-    let Some((scheme, rest)) = uri.split_once("://") else {
-        return uri.to_string();
-    };
-    let Some(at) = rest.rfind('@') else {
-        return uri.to_string();
-    };
-    match rest[..at].split_once(':') {
-        Some((user, password)) if !password.is_empty() => {
-            format!("{scheme}://{user}:***{}", &rest[at..])
-        }
-        _ => uri.to_string(),
     }
 }
 
@@ -267,9 +248,15 @@ mod tests {
         let err = error_of(&providers(), json!({"queue": "kafka://u:hunter2@"}));
         assert!(!err.to_string().contains("hunter2"), "{err}");
         assert!(err.message.contains("kafka://u:***@"), "{err}");
-        assert_eq!(redact_uri("kafka://h:9092/t"), "kafka://h:9092/t");
-        assert_eq!(redact_uri("kafka://u@h/t"), "kafka://u@h/t");
-        assert_eq!(redact_uri("kafka://u:p@s/s@h/t"), "kafka://u:***@h/t");
+        assert_eq!(
+            triggerer_sdk::redact_uri("kafka://h:9092/t"),
+            "kafka://h:9092/t"
+        );
+        assert_eq!(triggerer_sdk::redact_uri("kafka://u@h/t"), "kafka://u@h/t");
+        assert_eq!(
+            triggerer_sdk::redact_uri("kafka://u:p@s/s@h/t"),
+            "kafka://u:***@h/t"
+        );
     }
 
     #[test]

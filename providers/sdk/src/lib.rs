@@ -38,7 +38,7 @@ pub use event::{nul_in_json, Checkpoint, Committed, Event};
 pub use id::TriggerId;
 pub use kwargs::parse_kwargs;
 pub use provider::{parse_params, EventTrigger, Provider, Refusal, TriggerContext, TypedProvider};
-pub use sensitive::is_sensitive_key;
+pub use sensitive::{is_sensitive_key, redact_uri, uri_passwords};
 pub use sink::{Delivery, Envelope, EventSink};
 pub use warning::{Warning, WarningSink};
 

@@ -1,6 +1,8 @@
-//! Which setting names hold secrets: one vocabulary for the core (masking kwargs, scrubbing
-//! errors) and every provider (keeping its client library's settings out of its own logs).
-//! Pure string tests; nothing here sees a value.
+//! Which setting names hold secrets, and where a URI carries a password: one vocabulary for
+//! the core (masking kwargs, scrubbing errors) and every provider (keeping its client
+//! library's settings and URIs out of its own messages). Pure string work.
+
+use std::ops::Range;
 
 /// Whether a kwarg or client-setting name holds a secret (Airflow's sensitive field names,
 /// plus librdkafka's and AWS's), also when one of the longer words is misspelt by one letter
@@ -58,6 +60,55 @@ fn within_one_edit(a: &[char], b: &[char]) -> bool {
         1 => short[prefix..] == long[prefix + 1..],
         _ => false,
     }
+}
+
+/// Where the userinfo passwords are in `text`: for every `://`, what lies between the first
+/// `:` and the last `@` before the URI ends (at whitespace, a quote, or the next `://`), when
+/// there is such a `:`. Passwords are often written unencoded, and generated ones hold `/`
+/// (base64) or `@`, so the URI's own end, not the authority's, bounds the search: a URI with a
+/// `:` and an `@` in its path (`http://h:80/x@y`) is masked more than needed, never less.
+/// Several URIs in one string (`a://u:p@h1,b://u:q@h2`) each count.
+pub fn uri_passwords(text: &str) -> Vec<Range<usize>> {
+    let mut found = Vec::new();
+    let mut from = 0;
+    while let Some(i) = text[from..].find("://") {
+        let start = from + i + 3;
+        let rest = &text[start..];
+        let mut end = rest
+            .find(|c: char| matches!(c, '"' | '\'' | '`' | '<' | '>') || c.is_whitespace())
+            .unwrap_or(rest.len());
+        if let Some(next) = rest[..end].find("://") {
+            end = next;
+        }
+        if let Some(at) = rest[..end].rfind('@') {
+            if let Some(colon) = rest[..at].find(':') {
+                if colon + 1 < at {
+                    found.push(start + colon + 1..start + at);
+                }
+            }
+        }
+        from = start;
+    }
+    found
+}
+
+/// `text` with the password of every URI in it shown as `***`:
+/// `postgres://u:secret@h/db` → `postgres://u:***@h/db`; the user and host stay, so the
+/// value still says where it points.
+pub fn redact_uri(text: &str) -> String {
+    let ranges = uri_passwords(text);
+    if ranges.is_empty() {
+        return text.to_string();
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut last = 0;
+    for range in ranges {
+        out.push_str(&text[last..range.start]);
+        out.push_str("***");
+        last = range.end;
+    }
+    out.push_str(&text[last..]);
+    out
 }
 
 #[cfg(test)]
