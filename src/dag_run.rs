@@ -67,10 +67,20 @@ impl DagRunType {
 
 /// A state or type read back from the database that this version does not know.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown dag_run {what} `{value}`")]
+#[error("unknown {what} `{value}`")]
 pub struct UnknownName {
     what: &'static str,
     value: String,
+}
+
+impl UnknownName {
+    /// `what` names the kind of value: `dag_run state`, `task_instance state`.
+    pub fn new(what: &'static str, value: &str) -> Self {
+        Self {
+            what,
+            value: value.to_string(),
+        }
+    }
 }
 
 macro_rules! text_enum {
@@ -88,16 +98,16 @@ macro_rules! text_enum {
                 [$($ty::$variant),+]
                     .into_iter()
                     .find(|v| v.as_str() == s)
-                    .ok_or_else(|| UnknownName { what: $what, value: s.to_string() })
+                    .ok_or_else(|| UnknownName::new($what, s))
             }
         }
     };
 }
 
-text_enum!(DagRunState, "state", [Queued, Running, Success, Failed]);
+text_enum!(DagRunState, "dag_run state", [Queued, Running, Success, Failed]);
 text_enum!(
     DagRunType,
-    "run type",
+    "dag_run run type",
     [Scheduled, Manual, AssetTriggered, Backfill]
 );
 

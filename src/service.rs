@@ -1,6 +1,6 @@
-//! A running service — `run` (triggerer), `scheduler`, `standalone` (both) — as one function
-//! of which parts are switched on: the initial and watching sync of `--dags`, the SQLite file
-//! watchdog, the triggerer and the scheduler, until told to stop. It owns their lifecycle
+//! A running service — `run` (triggerer), `scheduler`, `executor`, `standalone` (all three) —
+//! as one function of which parts are switched on: the initial and watching sync of `--dags`,
+//! the SQLite file watchdog, the triggerer, the scheduler and the executor, until told to stop. It owns their lifecycle
 //! (start order, readiness, the first failure stopping the rest, a clean shutdown); it does
 //! not listen to signals (the command line turns those into [`Controls`]) and decides nothing
 //! the parts decide. End-to-end tests start a service in-process through it and wait for
@@ -14,6 +14,7 @@ use thiserror::Error;
 use tokio::sync::{mpsc, oneshot, Notify};
 use triggerer_sdk::CancellationToken;
 
+use crate::executor::{self, ExecutorError, ExecutorOptions};
 use crate::registry::ProviderRegistry;
 use crate::scheduler::{self, SchedulerOptions};
 use crate::store::{Store, StoreError};
@@ -32,6 +33,7 @@ pub struct ServiceOptions {
     pub sync: SyncOptions,
     pub triggerer: Option<TriggererOptions>,
     pub scheduler: Option<SchedulerOptions>,
+    pub executor: Option<ExecutorOptions>,
 }
 
 #[derive(Debug, Error)]
@@ -40,6 +42,8 @@ pub enum ServiceError {
     Sync(#[from] SyncError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Executor(#[from] ExecutorError),
     #[error("a service task failed: {0}")]
     Task(String),
 }
@@ -134,8 +138,26 @@ pub async fn serve(
         tasks.spawn(async move { ("triggerer", run.await.map_err(ServiceError::from)) });
     }
     let once = options.scheduler.as_ref().is_some_and(|o| o.once);
+    // The scheduler wakes the executor when it schedules task instances.
+    let tasks_ready = Arc::new(Notify::new());
+    if let Some(executor_options) = options.executor {
+        let run = executor::run(
+            store.clone(),
+            executor_options,
+            stop.clone(),
+            tasks_ready.clone(),
+            committed.clone(),
+        );
+        tasks.spawn(async move { ("executor", run.await.map_err(ServiceError::from)) });
+    }
     if let Some(scheduler_options) = options.scheduler {
-        let run = scheduler::run(store.clone(), scheduler_options, stop.clone(), committed);
+        let run = scheduler::run(
+            store.clone(),
+            scheduler_options,
+            stop.clone(),
+            committed,
+            tasks_ready,
+        );
         tasks.spawn(async move { ("scheduler", run.await.map_err(ServiceError::from)) });
     }
     let _ = ready.send(());

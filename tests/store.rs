@@ -204,8 +204,8 @@ schedule = { assets = "a" }
 
 store_test!(fencing_and_checkpoints, |store| {
     sync(&store, SHARED).await;
-    let owner = store.create_job(TRIGGERER_JOB, "h1").await.unwrap();
-    let other = store.create_job(TRIGGERER_JOB, "h2").await.unwrap();
+    let owner = store.create_job(TRIGGERER_JOB, "h1", None).await.unwrap();
+    let other = store.create_job(TRIGGERER_JOB, "h2", None).await.unwrap();
     let alive_since = triggerer::time::now() - Duration::seconds(30);
     assert_eq!(
         store
@@ -278,7 +278,7 @@ store_test!(
             text.push_str(&format!("[[asset]]\nname = \"a{i}\"\n[[asset.watcher]]\nname = \"w\"\nclasspath = \"file.FileTrigger\"\nkwargs = {{ filepath = \"/tmp/in{i}\" }}\n"));
         }
         sync(&store, &text).await;
-        let dead = store.create_job(TRIGGERER_JOB, "h1").await.unwrap();
+        let dead = store.create_job(TRIGGERER_JOB, "h1", None).await.unwrap();
         let now = triggerer::time::now();
         assert_eq!(
             store
@@ -312,7 +312,7 @@ store_test!(
                 owned: 3
             }
         );
-        let live = store.create_job(TRIGGERER_JOB, "h2").await.unwrap();
+        let live = store.create_job(TRIGGERER_JOB, "h2", None).await.unwrap();
         // With a threshold in the future, `dead`'s heartbeat counts as too old.
         let claimed = store
             .assign_unassigned(live, 10, 50, now + Duration::seconds(1))

@@ -7,6 +7,7 @@ use anyhow::{bail, Result};
 use clap::{Args, Parser, Subcommand};
 
 use crate::dag_run::DagRunState;
+use crate::executor::ExecutorOptions;
 use crate::telemetry::LogFormat;
 use crate::triggerer::TriggererOptions;
 
@@ -56,8 +57,32 @@ pub enum Command {
     Run(RunArgs),
     /// Run the scheduler.
     Scheduler(SchedulerArgs),
-    /// Run triggerer and scheduler in one process.
-    Standalone(RunArgs),
+    /// Run the executor: runs scheduled task instances in its slots.
+    Executor(ExecutorArgs),
+    /// Run triggerer, scheduler and executor in one process.
+    Standalone(StandaloneArgs),
+    /// Task instances of a run: list, logs, clear, mark.
+    #[command(subcommand)]
+    Tasks(TasksCommand),
+    /// One snapshot of triggerers, executors and the task queue.
+    Status {
+        /// A process silent for longer counts as dead; use the value the processes run with.
+        #[arg(long, env = "TRIGGERER_HEALTH_CHECK_THRESHOLD", default_value_t = 30.0)]
+        health_check_threshold: f64,
+        /// Print one JSON object instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
+    /// What the executor runs each task command under (its process group's keeper); not for
+    /// people.
+    #[command(name = "task-shim", hide = true)]
+    TaskShim {
+        /// The executor's pid: when it dies, the task's process group is killed.
+        #[arg(long)]
+        parent: u32,
+        #[arg(last = true, required = true)]
+        argv: Vec<String>,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -161,6 +186,44 @@ pub enum TriggersCommand {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum TasksCommand {
+    /// List a run's task instances, in definition order.
+    List {
+        dag_id: String,
+        run_id: String,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// Print a try's log (default: the latest try).
+    Logs {
+        dag_id: String,
+        run_id: String,
+        task_id: String,
+        /// The try number, from 1.
+        #[arg(long = "try")]
+        try_number: Option<u32>,
+    },
+    /// Run task instances again: the named ones (all when none is named), with --downstream
+    /// also every task below them. The run goes back to running.
+    Clear {
+        dag_id: String,
+        run_id: String,
+        task_ids: Vec<String>,
+        /// Also clear the tasks downstream of the named ones.
+        #[arg(long)]
+        downstream: bool,
+    },
+    /// Mark a task instance success or failed; the run is evaluated again.
+    SetState {
+        dag_id: String,
+        run_id: String,
+        task_id: String,
+        #[arg(value_parser = ["success", "failed"])]
+        state: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum RunsCommand {
     /// Mark a queued or running run finished (what an executor reports), freeing its place
     /// under max_active_runs.
@@ -231,6 +294,57 @@ impl RunArgs {
             ..TriggererOptions::default()
         })
     }
+}
+
+/// The executor's slots and shutdown, shared by `executor` and `standalone`.
+#[derive(Debug, Args)]
+pub struct ExecutorFlags {
+    /// Most task tries run at once (executor slots).
+    #[arg(long, env = "TRIGGERER_PARALLELISM", default_value_t = 32)]
+    pub parallelism: usize,
+    /// Seconds running tries may go on after SIGTERM before they are killed and handed back.
+    #[arg(long, env = "TRIGGERER_GRACE_PERIOD", default_value_t = 30.0)]
+    pub grace_period: f64,
+}
+
+impl ExecutorFlags {
+    pub(crate) fn executor_options(
+        &self,
+        heartbeat_interval: f64,
+        health_check_threshold: f64,
+    ) -> Result<ExecutorOptions> {
+        if self.parallelism == 0 {
+            bail!("--parallelism: must be at least 1");
+        }
+        Ok(ExecutorOptions {
+            parallelism: self.parallelism,
+            grace_period: seconds("--grace-period", self.grace_period)?,
+            heartbeat_interval: seconds("--heartbeat-interval", heartbeat_interval)?,
+            health_threshold: seconds("--health-check-threshold", health_check_threshold)?,
+            ..ExecutorOptions::default()
+        })
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct ExecutorArgs {
+    #[command(flatten)]
+    pub executor: ExecutorFlags,
+    /// Seconds between heartbeats of this process's job row.
+    #[arg(long, env = "TRIGGERER_HEARTBEAT_INTERVAL", default_value_t = 5.0)]
+    pub heartbeat_interval: f64,
+    /// Seconds without a heartbeat after which an executor counts as dead and its running
+    /// tries are failed over (retried while retries remain).
+    #[arg(long, env = "TRIGGERER_HEALTH_CHECK_THRESHOLD", default_value_t = 30.0)]
+    pub health_check_threshold: f64,
+}
+
+#[derive(Debug, Args)]
+pub struct StandaloneArgs {
+    #[command(flatten)]
+    pub run: RunArgs,
+    #[command(flatten)]
+    pub executor: ExecutorFlags,
 }
 
 #[derive(Debug, Args)]

@@ -22,6 +22,7 @@ use crate::service::{self, ServiceOptions};
 use crate::store::{ManualRun, NewEvent, Origin, Store};
 use crate::sync::{self, SyncOptions};
 use crate::time::{isoformat, parse_rfc3339};
+use crate::executor::ExecutorOptions;
 use crate::triggerer::TriggererOptions;
 
 pub(crate) async fn dispatch(
@@ -247,19 +248,43 @@ pub(crate) async fn dispatch(
         }
         Command::Run(args) => {
             let options = args.triggerer_options()?;
-            serve(store, registry, args.dags, Some(options), None).await?
+            serve(store, registry, args.dags, Some(options), None, None).await?
         }
         Command::Standalone(args) => {
-            let options = args.triggerer_options()?;
+            let triggerer = args.run.triggerer_options()?;
+            let executor = args
+                .executor
+                .executor_options(args.run.heartbeat_interval, args.run.health_check_threshold)?;
             serve(
                 store,
                 registry,
-                args.dags,
-                Some(options),
+                args.run.dags,
+                Some(triggerer),
                 Some(SchedulerOptions::default()),
+                Some(executor),
             )
             .await?
         }
+        Command::Executor(args) => {
+            let executor = args
+                .executor
+                .executor_options(args.heartbeat_interval, args.health_check_threshold)?;
+            let no_dags = DagsArgs {
+                dags: None,
+                allow_empty: false,
+            };
+            serve(store, registry, no_dags, None, None, Some(executor)).await?
+        }
+        Command::Tasks(command) => super::tasks::dispatch(command, store).await?,
+        Command::Status {
+            health_check_threshold,
+            json,
+        } => {
+            let threshold = seconds("--health-check-threshold", health_check_threshold)?;
+            super::tasks::status(store, threshold, json).await?
+        }
+        // Handled before the database is opened (`cli::run`).
+        Command::TaskShim { .. } => bail!("task-shim runs only under the executor"),
         Command::Scheduler(args) => {
             let now = parse_time_flag("--now", args.now.as_deref())?;
             let options = SchedulerOptions {
@@ -267,7 +292,7 @@ pub(crate) async fn dispatch(
                 now,
                 ..SchedulerOptions::default()
             };
-            serve(store, registry, args.dags, None, Some(options)).await?
+            serve(store, registry, args.dags, None, Some(options), None).await?
         }
     }
     Ok(())
@@ -281,6 +306,7 @@ async fn serve(
     dags: DagsArgs,
     triggerer: Option<TriggererOptions>,
     scheduler: Option<SchedulerOptions>,
+    executor: Option<ExecutorOptions>,
 ) -> Result<()> {
     let has_dags = dags.dags.is_some();
     let options = ServiceOptions {
@@ -290,6 +316,7 @@ async fn serve(
         },
         triggerer,
         scheduler,
+        executor,
     };
     let (controls, steering) = service::controls();
     let mut signals = Signals::new()?;

@@ -4,6 +4,7 @@
 mod args;
 mod commands;
 mod output;
+mod tasks;
 
 use anyhow::{Context, Result};
 
@@ -17,6 +18,10 @@ use crate::telemetry;
 
 /// Runs the parsed command line.
 pub async fn run(cli: Cli) -> Result<()> {
+    // The shim runs once per task try: no logging set-up, no database.
+    if let args::Command::TaskShim { parent, argv } = &cli.command {
+        std::process::exit(crate::executor::process::shim(*parent, argv).await);
+    }
     telemetry::init(cli.log_format);
     telemetry::install_panic_hook();
     let store = Store::connect(&cli.database_url).await.with_context(|| {

@@ -21,6 +21,8 @@ use crate::registry::{ProviderRegistry, WatcherError};
 use crate::secrets;
 use crate::store::{AssetPlan, DagPlan, SyncPlan, WatcherPlan};
 
+mod tasks;
+
 /// Airflow's `[core] max_active_runs_per_dag` default.
 pub const DEFAULT_MAX_ACTIVE_RUNS: i64 = 16;
 
@@ -104,10 +106,12 @@ struct DagDoc {
     #[allow(dead_code)]
     #[serde(default)]
     tags: Vec<String>,
+    #[serde(default)]
+    task: Vec<Spanned<tasks::TaskDoc>>,
 }
 
 /// One definition file's text and where it came from.
-struct Source {
+pub(crate) struct Source {
     file: String,
     text: String,
     /// Byte offset where each line after the first starts: a line number is a binary search,
@@ -130,12 +134,12 @@ impl Source {
         }
     }
 
-    fn line_of(&self, span: Range<usize>) -> usize {
+    pub(crate) fn line_of(&self, span: Range<usize>) -> usize {
         let at = span.start.min(self.text.len());
         self.line_starts.partition_point(|&start| start <= at) + 1
     }
 
-    fn error(&self, span: Range<usize>, message: impl Into<String>) -> DefinitionError {
+    pub(crate) fn error(&self, span: Range<usize>, message: impl Into<String>) -> DefinitionError {
         DefinitionError {
             file: self.file.clone(),
             line: self.line_of(span),
@@ -277,7 +281,7 @@ pub fn load_str(
     validate(&[Source::new(file.to_string(), text.to_string())], registry)
 }
 
-fn toml_to_json(value: &toml::Value) -> Value {
+pub(crate) fn toml_to_json(value: &toml::Value) -> Value {
     match value {
         toml::Value::String(s) => Value::String(s.clone()),
         toml::Value::Integer(i) => Value::from(*i),
@@ -536,6 +540,7 @@ fn validate(sources: &[Source], registry: &ProviderRegistry) -> Result<SyncPlan,
                 Some(m) => *m.get_ref(),
                 None => DEFAULT_MAX_ACTIVE_RUNS,
             };
+            let tasks = tasks::validate(source, &ctx, &d.task, &mut errors);
             let (json, summary, expr) = match &schedule {
                 Some((s, span)) => {
                     if let Some(expr) = s.assets() {
@@ -568,6 +573,7 @@ fn validate(sources: &[Source], registry: &ProviderRegistry) -> Result<SyncPlan,
                 asset_gated: schedule
                     .as_ref()
                     .is_some_and(|(s, _)| s.timetable.asset_gate().is_some()),
+                tasks,
             });
         }
     }

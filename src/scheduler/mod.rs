@@ -58,25 +58,37 @@ pub struct PassReport {
     pub slots_advanced: usize,
     pub asset_triggered_created: usize,
     pub started: usize,
+    /// Runs whose task instances were looked at because they changed.
+    pub runs_advanced: usize,
+    /// Task instances made `scheduled` (upstreams done, or a retry's delay over).
+    pub tasks_scheduled: usize,
 }
 
 impl PassReport {
     pub fn did_work(&self) -> bool {
-        self.scheduled_created + self.slots_advanced + self.asset_triggered_created + self.started
+        self.scheduled_created
+            + self.slots_advanced
+            + self.asset_triggered_created
+            + self.started
+            + self.runs_advanced
+            + self.tasks_scheduled
             > 0
     }
 }
 
 /// Runs scheduling passes: every `pass_interval`, and at once when `wake` is notified (the
-/// writer does after each commit, so a run follows its event within a pass).
+/// writer does after each commit, so a run follows its event within a pass). `tasks_ready` is
+/// notified when a pass scheduled task instances, so an executor in the process claims them
+/// at once.
 pub async fn run(
     store: Store,
     options: SchedulerOptions,
     shutdown: CancellationToken,
     wake: Arc<Notify>,
+    tasks_ready: Arc<Notify>,
 ) -> Result<(), StoreError> {
     let hostname = gethostname::gethostname().to_string_lossy().into_owned();
-    let job_id = store.create_job(SCHEDULER_JOB, &hostname).await?;
+    let job_id = store.create_job(SCHEDULER_JOB, &hostname, None).await?;
     info!(job_id = %job_id, "scheduler started");
     // Align every DAG's next slot with this scheduler's clock, as a DAG-processor parse would.
     refresh_next_dagruns(&store, options.now.unwrap_or_else(crate::time::now)).await?;
@@ -87,12 +99,17 @@ pub async fn run(
         // DAG per pass): go again at once. An idle scheduler waits for the next tick or commit.
         let busy = match pass(&store, now, Some(job_id), options.max_scheduled_per_pass).await {
             Ok(report) if report.did_work() => {
-                info!(
-                    scheduled = report.scheduled_created,
-                    asset_triggered = report.asset_triggered_created,
-                    started = report.started,
-                    "scheduling pass"
-                );
+                if report.tasks_scheduled > 0 {
+                    tasks_ready.notify_one();
+                }
+                if report.scheduled_created + report.asset_triggered_created + report.started > 0 {
+                    info!(
+                        scheduled = report.scheduled_created,
+                        asset_triggered = report.asset_triggered_created,
+                        started = report.started,
+                        "scheduling pass"
+                    );
+                }
                 true
             }
             Ok(_) if options.once => break,
@@ -335,7 +352,9 @@ pub fn backfill_slots(
 }
 
 /// One scheduling pass at `now`: scheduled runs of time-due DAGs (at most `max_scheduled`),
-/// asset-triggered runs of every asset-ready DAG, then queued runs started.
+/// asset-triggered runs of every asset-ready DAG, queued runs started, retries whose delay is
+/// over scheduled, and the task instances of runs that changed advanced (which also ends runs
+/// whose tasks all ended).
 pub async fn pass(
     store: &Store,
     now: DateTime<Utc>,
@@ -403,5 +422,9 @@ pub async fn pass(
         }
     }
     report.started = store.start_queued_runs(now).await?;
+    report.tasks_scheduled = store.retry_due_task_instances(now).await?;
+    let (runs, scheduled) = store.advance_changed_runs(now).await?;
+    report.runs_advanced = runs;
+    report.tasks_scheduled += scheduled;
     Ok(report)
 }

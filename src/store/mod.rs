@@ -19,6 +19,7 @@ mod events;
 mod runs;
 mod schedule;
 mod sync;
+mod tasks;
 mod triggers;
 
 pub use cli::{AssetRow, DagRow, EventRow, RunRow, TriggerRow};
@@ -26,6 +27,10 @@ pub use events::{NewEvent, Origin};
 pub use runs::{ManualRun, NewDagRun, QueuedDag};
 pub use schedule::{BackfillReport, DagTiming, DueSlot, SlotOutcome, SlotPolicy};
 pub use sync::{AssetPlan, DagPlan, SyncPlan, SyncReport, WatcherPlan};
+pub use tasks::{
+    ClaimedTry, EndedTry, ExecutorStatus, Status, TaskInstanceId, TaskLog, TaskRow, TriggererStatus,
+    TryEnd, TryUpdate, EXECUTOR_JOB,
+};
 pub use triggers::{AssignedTrigger, Claim, JobId, SCHEDULER_JOB, TRIGGERER_JOB};
 
 /// A caller's asset condition, asked with the names of the assets a DAG has queued events for
@@ -154,8 +159,8 @@ macro_rules! store_next_dagrun {
 }
 pub(crate) use store_next_dagrun;
 
-/// Inserts every [`NewDagRun`] of `$runs` as a QUEUED run, on `$tx`, in multi-row statements.
-/// The one place a `dag_run` row is made. A run whose id or logical date is taken is left out
+/// Inserts every [`NewDagRun`] of `$runs` as a QUEUED run with a task instance per task of its
+/// DAG, on `$tx`, in multi-row statements. The one place a `dag_run` row is made. A run whose id or logical date is taken is left out
 /// (`ON CONFLICT DO NOTHING`): callers that checked first treat that as a conflict, the batch
 /// as its signal to fall back. Evaluates to the `(dag_id, id)` of the runs inserted.
 macro_rules! insert_dag_runs {
@@ -185,6 +190,18 @@ macro_rules! insert_dag_runs {
             for row in qb.build().fetch_all(&mut *$tx).await? {
                 inserted.push((row.try_get("dag_id")?, row.try_get("id")?));
             }
+        }
+        // A run gets its task instances (no state yet) in the transaction that makes it.
+        let ids: Vec<i64> = inserted.iter().map(|(_, id)| *id).collect();
+        for chunk in ids.chunks($crate::store::CHUNK) {
+            let mut qb = sqlx::QueryBuilder::new(
+                "INSERT INTO task_instance (dag_run_id, dag_id, run_id, task_id, operator, max_tries, updated_at) \
+                 SELECT r.id, r.dag_id, r.run_id, t.task_id, t.operator, t.retries, ",
+            );
+            qb.push_bind($now)
+                .push(" FROM dag_run r JOIN dag_task t ON t.dag_id = r.dag_id WHERE r.id IN ");
+            $crate::store::push_in_list(&mut qb, chunk);
+            qb.build().execute(&mut *$tx).await?;
         }
         inserted
     }};
@@ -358,6 +375,15 @@ impl Store {
             // NO KEY UPDATE: our updates never touch keys, and it does not conflict with the
             // KEY SHARE locks that inserts referencing the row (events, runs) take.
             Engine::Postgres => " FOR NO KEY UPDATE SKIP LOCKED",
+        }
+    }
+
+    /// Row-lock suffix for `SELECT`s that must wait for a row another process holds (a run
+    /// whose task instances two executors finish at once). SQLite: none needed.
+    pub(crate) fn lock_rows(&self) -> &'static str {
+        match self.engine() {
+            Engine::Sqlite => "",
+            Engine::Postgres => " FOR NO KEY UPDATE",
         }
     }
 

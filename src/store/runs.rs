@@ -272,7 +272,7 @@ impl Store {
             for chunk in to_start.chunks(CHUNK) {
                 let mut qb = sqlx::QueryBuilder::new("UPDATE dag_run SET state = ");
                 qb.push_bind(DagRunState::Running.as_str())
-                    .push(", start_date = ")
+                    .push(", tasks_changed = TRUE, start_date = ")
                     .push_bind(now).push(" WHERE id IN ");
                 push_in_list(&mut qb, chunk);
                 qb.build().execute(&mut *tx).await?;

@@ -516,6 +516,11 @@ impl Store {
                         .bind(id)
                         .execute(&mut *tx)
                         .await?;
+                        sqlx::query(&Store::reset_task_instances_sql())
+                            .bind(now)
+                            .bind(id)
+                            .execute(&mut *tx)
+                            .await?;
                         report.requeued += 1;
                     }
                     Some(_) => report.skipped += 1,

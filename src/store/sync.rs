@@ -60,6 +60,8 @@ pub struct DagPlan {
     pub is_paused_upon_creation: bool,
     /// `combine = "and"`: due slots wait for the asset condition.
     pub asset_gated: bool,
+    /// `[[dag.task]]`, in the order written.
+    pub tasks: Vec<crate::task::TaskSpec>,
 }
 
 /// What a sync changed, for the user.
@@ -86,6 +88,58 @@ impl std::fmt::Display for SyncReport {
             self.dags_deactivated
         )
     }
+}
+
+/// Makes `dag_task` what the plan's DAGs define, on `$tx`: tasks added, changed and removed.
+/// The tasks of DAGs the files no longer define are kept, as their asset references are: their
+/// runs still running go on with them.
+macro_rules! write_dag_tasks {
+    ($tx:expr, $plan:expr, $declared:expr) => {{
+        let plan: &SyncPlan = $plan;
+        let existing: Vec<(String, String, Json<Value>)> =
+            sqlx::query_as("SELECT dag_id, task_id, definition FROM dag_task")
+                .fetch_all(&mut *$tx)
+                .await?;
+        let mut existing: HashMap<(String, String), Value> = existing
+            .into_iter()
+            .map(|(dag_id, task_id, definition)| ((dag_id, task_id), definition.0))
+            .collect();
+        for dag in &plan.dags {
+            for (position, task) in dag.tasks.iter().enumerate() {
+                let definition = serde_json::to_value(task).map_err(|e| {
+                    StoreError::Invalid(format!("task `{}` cannot be stored: {e}", task.task_id))
+                })?;
+                let key = (dag.dag_id.clone(), task.task_id.clone());
+                if existing.remove(&key).is_some_and(|old| old == definition) {
+                    continue;
+                }
+                sqlx::query(
+                    "INSERT INTO dag_task (dag_id, task_id, operator, definition, position, retries) \
+                     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (dag_id, task_id) DO UPDATE SET \
+                     operator = excluded.operator, definition = excluded.definition, \
+                     position = excluded.position, retries = excluded.retries",
+                )
+                .bind(&dag.dag_id)
+                .bind(&task.task_id)
+                .bind(task.operator.name().as_str())
+                .bind(Json(&definition))
+                .bind(i64::try_from(position).unwrap_or(i64::MAX))
+                .bind(i64::from(task.retries))
+                .execute(&mut *$tx)
+                .await?;
+            }
+        }
+        // What is left was defined before and is not now, for a DAG the plan declares.
+        for (dag_id, task_id) in existing.into_keys() {
+            if $declared.contains(dag_id.as_str()) {
+                sqlx::query("DELETE FROM dag_task WHERE dag_id = $1 AND task_id = $2")
+                    .bind(&dag_id)
+                    .bind(&task_id)
+                    .execute(&mut *$tx)
+                    .await?;
+            }
+        }
+    }};
 }
 
 impl Store {
@@ -277,6 +331,7 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
             }
+            write_dag_tasks!(tx, plan, declared);
             let stale_dags: Vec<String> =
                 live.into_iter().filter(|d| !declared.contains(d.as_str())).collect();
             report.dags_deactivated = stale_dags.len();

@@ -12,9 +12,10 @@ use triggerer_sdk::TriggerId;
 
 /// A `job` row's id: one running triggerer or scheduler process. It crosses the triggerer,
 /// the scheduler and the store (claims, fencing, the runs a scheduler created), so it has a type.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, sqlx::Type)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, sqlx::Type, serde::Serialize)]
 #[sqlx(transparent)]
-pub struct JobId(i64);
+#[serde(transparent)]
+pub struct JobId(pub(crate) i64);
 
 impl std::fmt::Display for JobId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -43,17 +44,24 @@ pub struct Claim {
 }
 
 impl Store {
-    /// Registers a running process (`TriggererJob`, `SchedulerJob`) and returns its job id.
-    pub async fn create_job(&self, job_type: &str, hostname: &str) -> Result<JobId> {
+    /// Registers a running process (`TriggererJob`, `SchedulerJob`, `ExecutorJob`), with its
+    /// capacity (triggers, or executor slots) where it has one, and returns its job id.
+    pub async fn create_job(
+        &self,
+        job_type: &str,
+        hostname: &str,
+        capacity: Option<usize>,
+    ) -> Result<JobId> {
         let now = crate::time::now();
         with_db!(self, pool => {
             let row = sqlx::query(
-                "INSERT INTO job (job_type, state, hostname, start_date, latest_heartbeat) \
-                 VALUES ($1, 'running', $2, $3, $3) RETURNING id",
+                "INSERT INTO job (job_type, state, hostname, start_date, latest_heartbeat, capacity) \
+                 VALUES ($1, 'running', $2, $3, $3, $4) RETURNING id",
             )
             .bind(job_type)
             .bind(hostname)
             .bind(now)
+            .bind(capacity.map(|c| i64::try_from(c).unwrap_or(i64::MAX)))
             .fetch_one(pool)
             .await?;
             Ok(row.try_get("id")?)
