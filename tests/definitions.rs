@@ -309,3 +309,136 @@ fn environment_references_that_cannot_work_are_rejected_with_their_place() {
         &["asset `a`", "kafka_config.sasl.password", "variable name"],
     );
 }
+
+/// A DAG `d` with the given `[[dag.task]]` text; the DAG header takes lines 1–2.
+fn dag_with(tasks: &str) -> String {
+    format!("[[dag]]\ndag_id = \"d\"\n{tasks}")
+}
+
+#[test]
+fn tasks_are_read_in_order_with_defaults() {
+    let plan = load_str(
+        "defs.toml",
+        &dag_with(
+            "[[dag.task]]\ntask_id = \"b\"\ndepends_on = [\"a\"]\nhttp = { url = \"http://x/load\", method = \"post\", expect_status = 201 }\n\
+             [[dag.task]]\ntask_id = \"a\"\ncommand = [\"true\"]\nretries = 2\nretry_delay = \"30s\"\nexecution_timeout = \"1h30m\"\n",
+        ),
+        &builtin_providers(),
+    )
+    .expect("valid");
+    let tasks = &plan.dags[0].tasks;
+    assert_eq!(tasks.len(), 2);
+    assert_eq!(tasks[0].task_id, "b");
+    assert_eq!(tasks[0].depends_on, vec!["a"]);
+    match &tasks[0].operator {
+        triggerer::task::Operator::Http(call) => {
+            assert_eq!(call.method, "POST");
+            assert!(call.accepts(201) && !call.accepts(200));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(tasks[1].retries, 2);
+    assert_eq!(tasks[1].retry_delay, std::time::Duration::from_secs(30));
+    assert_eq!(
+        tasks[1].execution_timeout,
+        Some(std::time::Duration::from_secs(5400))
+    );
+    assert_eq!(tasks[0].retry_delay, std::time::Duration::from_secs(300));
+}
+
+#[test]
+fn task_errors_name_dag_task_and_field() {
+    // Duplicate task ids point at the first.
+    assert_error(
+        &dag_with("[[dag.task]]\ntask_id = \"a\"\nshell = \"true\"\n[[dag.task]]\ntask_id = \"a\"\nshell = \"true\"\n"),
+        7,
+        &["dag `d`", "task `a`", "already used by the task at line 4"],
+    );
+    // An unknown upstream names the known tasks.
+    assert_error(
+        &dag_with("[[dag.task]]\ntask_id = \"a\"\nshell = \"true\"\ndepends_on = [\"nope\"]\n"),
+        6,
+        &[
+            "task `a`",
+            "`depends_on`: unknown task `nope`",
+            "this DAG's tasks are a",
+        ],
+    );
+    // A cycle is named around.
+    assert_error(
+        &dag_with(
+            "[[dag.task]]\ntask_id = \"a\"\nshell = \"true\"\ndepends_on = [\"b\"]\n\
+             [[dag.task]]\ntask_id = \"b\"\nshell = \"true\"\ndepends_on = [\"a\"]\n",
+        ),
+        3,
+        &["cycle", "a → b → a"],
+    );
+    assert_error(
+        &dag_with("[[dag.task]]\ntask_id = \"a\"\nshell = \"true\"\ndepends_on = [\"a\"]\n"),
+        3,
+        &["cycle", "a → a"],
+    );
+    // One operator, exactly.
+    assert_error(
+        &dag_with("[[dag.task]]\ntask_id = \"a\"\nshell = \"true\"\ncommand = [\"true\"]\n"),
+        5,
+        &["has both `command` and `shell`", "exactly one operator"],
+    );
+    assert_error(
+        &dag_with("[[dag.task]]\ntask_id = \"a\"\nretries = 1\n"),
+        3,
+        &["task `a`", "needs an operator"],
+    );
+    assert_error(
+        &dag_with("[[dag.task]]\ntask_id = \"a\"\ncommand = []\n"),
+        5,
+        &["`command` must name a program"],
+    );
+    // Fields.
+    assert_error(
+        &dag_with("[[dag.task]]\ntask_id = \"a\"\nshell = \"true\"\nretry_delay = \"soon\"\n"),
+        6,
+        &["task `a`", "`retry_delay`", "`soon` is not a duration"],
+    );
+    assert_error(
+        &dag_with("[[dag.task]]\ntask_id = \"a\"\nshell = \"true\"\nretries = -1\n"),
+        6,
+        &["`retries` must be between 0 and 1000"],
+    );
+    assert_error(
+        &dag_with(
+            "[[dag.task]]\ntask_id = \"a\"\nshell = \"true\"\ntrigger_rule = \"all_failed\"\n",
+        ),
+        6,
+        &["unknown rule `all_failed`", "one_failed"],
+    );
+    assert_error(
+        &dag_with("[[dag.task]]\ntask_id = \"a\"\nshell = \"true\"\ncolour = 1\n"),
+        6,
+        &["colour"],
+    );
+    assert_error(
+        &dag_with("[[dag.task]]\ntask_id = \"a\"\nhttp = { url = \"ftp://x/y\" }\n"),
+        5,
+        &["`http.url`", "scheme `ftp`"],
+    );
+    assert_error(
+        &dag_with("[[dag.task]]\ntask_id = \"a\"\nhttp = { url = \"http://x/\", expect_status = [200, 999] }\n"),
+        5,
+        &["`http.expect_status`", "999"],
+    );
+    assert_error(
+        &dag_with(
+            "[[dag.task]]\ntask_id = \"a\"\nhttp = { url = \"http://x/\", method = \"GE T\" }\n",
+        ),
+        5,
+        &["`http.method`"],
+    );
+    assert_error(
+        &dag_with(
+            "[[dag.task]]\ntask_id = \"a\"\nwait = { classpath = \"time.TimeDeltaTrigger\" }\n",
+        ),
+        5,
+        &["`wait` is a deferrable operator"],
+    );
+}
