@@ -5,15 +5,15 @@
 //! keeps and what it must not).
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
-use triggerer::executor::{http, process};
 use triggerer::executor::process::{Launch, ProcessEnd};
+use triggerer::executor::{http, process};
 use triggerer::task::{HttpBody, HttpCall};
 use triggerer_sdk::CancellationToken;
 
@@ -408,9 +408,18 @@ async fn an_http_call_sends_method_path_json_and_env_headers() {
     assert!(log.contains(&format!("POST {base}/load?day=1")), "{log}");
     assert!(log.contains("201 Created"), "{log}");
     assert!(log.contains("{\"id\": 7}"), "{log}");
-    assert!(log.contains("authorization"), "header names are shown: {log}");
-    assert!(!log.contains(SECRET), "a header value reached the log: {log}");
-    assert!(!log.contains("plain-value"), "a header value reached the log: {log}");
+    assert!(
+        log.contains("authorization"),
+        "header names are shown: {log}"
+    );
+    assert!(
+        !log.contains(SECRET),
+        "a header value reached the log: {log}"
+    );
+    assert!(
+        !log.contains("plain-value"),
+        "a header value reached the log: {log}"
+    );
 }
 
 #[tokio::test]
@@ -418,9 +427,13 @@ async fn an_http_call_fails_on_a_status_it_does_not_expect() {
     let client = http::client().unwrap();
     let (base, _) = server(answer("500 Internal Server Error", "database down")).await;
     let mut log = Vec::new();
-    let err = http::call(&client, &http_call("POST", format!("{base}/load")), &mut log)
-        .await
-        .unwrap_err();
+    let err = http::call(
+        &client,
+        &http_call("POST", format!("{base}/load")),
+        &mut log,
+    )
+    .await
+    .unwrap_err();
     assert_eq!(
         err,
         format!("POST {base}/load answered 500 Internal Server Error; expected 2xx")
@@ -520,6 +533,3 @@ async fn a_long_response_body_is_cut_in_the_log() {
         &log[log.len() - 200..]
     );
 }
-
-#[allow(dead_code)]
-fn _paths(_: PathBuf) {}

@@ -182,7 +182,7 @@ pub async fn kill_group(pgid: u32) -> Result<(), ProcessError> {
             "task group did not exit within the grace period; killing"
         );
     }
-    signal_group(leader, Signal::KILL, pgid)
+    signal_group(leader, Signal::CONT, pgid)
 }
 
 fn signal_group(leader: Pid, signal: Signal, pgid: u32) -> Result<(), ProcessError> {
@@ -295,7 +295,7 @@ pub async fn shim(parent: u32, argv: &[String]) -> i32 {
             Some(()) = terms.recv() => {}
             Some(()) = orphaned.recv() => {
                 eprintln!("task-shim: the executor (pid {parent}) died; killing the task");
-                if let Err(e) = rustix::process::kill_process_group(me, Signal::KILL) {
+                if let Err(e) = rustix::process::kill_process_group(me, Signal::CONT) {
                     eprintln!("task-shim: cannot kill the task's process group: {e}");
                     return SHIM_FAILED;
                 }
