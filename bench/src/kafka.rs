@@ -190,6 +190,8 @@ impl Running {
                 SchedulerOptions::default(),
                 shutdown.clone(),
                 committed.clone(),
+                // No executor here: nothing waits for scheduled task instances.
+                std::sync::Arc::new(tokio::sync::Notify::new()),
             )));
         }
         Ok(Self {

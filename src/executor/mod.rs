@@ -140,7 +140,10 @@ pub async fn run(
                         }
                     }
                     pending.clear();
-                    committed.notify_waiters();
+                    // The scheduler starts queued runs in the places ended runs freed.
+                    if recorded.runs_ended > 0 {
+                        committed.notify_waiters();
+                    }
                     store_failing = false;
                 }
                 Err(e) => {

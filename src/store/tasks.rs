@@ -104,6 +104,8 @@ pub struct Recorded {
     pub applied: Vec<bool>,
     /// Task instances made `scheduled` by the runs' advance.
     pub scheduled: usize,
+    /// Runs that ended (their place under `max_active_runs` is free).
+    pub runs_ended: usize,
 }
 
 /// One row of `tasks list`.
@@ -237,12 +239,14 @@ macro_rules! lock_runs {
 /// Advances the running runs among `$run_ids` on `$tx` (their rows locked by the caller):
 /// task instances whose upstreams allow it become `scheduled`, those that can no longer run
 /// `upstream_failed` or `skipped`, and a run whose tasks all ended gets its final state. Clears
-/// the runs' `tasks_changed`. Evaluates to how many task instances were scheduled.
+/// the runs' `tasks_changed`. Evaluates to how many task instances were scheduled and how many
+/// runs ended.
 macro_rules! advance_runs {
     ($tx:expr, $run_ids:expr, $now:expr) => {{
         let run_ids: &[i64] = $run_ids;
         let now: DateTime<Utc> = $now;
         let mut scheduled = 0usize;
+        let mut ended = 0usize;
         for chunk in run_ids.chunks(CHUNK) {
             let mut qb = sqlx::QueryBuilder::new(
                 "SELECT ti.id, ti.dag_run_id, ti.dag_id, ti.task_id, ti.state FROM task_instance ti \
@@ -304,7 +308,8 @@ macro_rules! advance_runs {
                     .push_bind(now)
                     .push(" WHERE state = 'running' AND id IN ");
                 push_in_list(&mut qb, ids);
-                qb.build().execute(&mut *$tx).await?;
+                let n = qb.build().execute(&mut *$tx).await?.rows_affected();
+                ended += usize::try_from(n).unwrap_or(0);
             }
             let mut qb = sqlx::QueryBuilder::new(
                 "UPDATE dag_run SET tasks_changed = FALSE WHERE tasks_changed = TRUE AND id IN ",
@@ -312,7 +317,7 @@ macro_rules! advance_runs {
             push_in_list(&mut qb, chunk);
             qb.build().execute(&mut *$tx).await?;
         }
-        scheduled
+        (scheduled, ended)
     }};
 }
 
@@ -483,14 +488,15 @@ impl Store {
             if ids.is_empty() {
                 return Ok((0, 0));
             }
-            let scheduled = advance_runs!(tx, &ids, now);
+            let (scheduled, _) = advance_runs!(tx, &ids, now);
             tx.commit().await?;
             Ok((ids.len(), scheduled))
         })
     }
 
     /// Claims up to `limit` scheduled task instances for executor `job_id` (oldest first;
-    /// another executor's claims are skipped, not waited for) and starts their next try.
+    /// another executor's claims are skipped, not waited for) and starts their next try. A
+    /// paused DAG's task instances wait, as Airflow's scheduler leaves them unqueued.
     pub async fn claim_task_instances(
         &self,
         job_id: JobId,
@@ -505,7 +511,8 @@ impl Store {
         with_db!(self, pool => {
             let mut tx = pool.begin_with(self.begin_write()).await?;
             let ids: Vec<TaskInstanceId> = sqlx::query_scalar(&format!(
-                "SELECT id FROM task_instance WHERE state = 'scheduled' ORDER BY id LIMIT $1{lock}"
+                "SELECT id FROM task_instance WHERE state = 'scheduled' \
+                 AND dag_id IN (SELECT dag_id FROM dag WHERE is_paused = FALSE) ORDER BY id LIMIT $1{lock}"
             ))
             .bind(i64::try_from(limit).unwrap_or(i64::MAX))
             .fetch_all(&mut *tx)
@@ -550,8 +557,9 @@ impl Store {
             let run_ids: Vec<i64> = run_ids.into_iter().collect();
             let dag_ids: BTreeSet<&str> = tries.iter().map(|t| t.dag_id.as_str()).collect();
             let specs = dag_tasks!(tx, dag_ids.into_iter().collect());
-            let mut runs: HashMap<i64, (Option<DateTime<Utc>>, Option<DateTime<Utc>>, Option<DateTime<Utc>>, Value)> =
-                HashMap::new();
+            // Per run: logical date, data interval start and end, conf.
+            type RunContext = (Option<DateTime<Utc>>, Option<DateTime<Utc>>, Option<DateTime<Utc>>, Value);
+            let mut runs: HashMap<i64, RunContext> = HashMap::new();
             let mut events: HashMap<i64, Vec<Value>> = HashMap::new();
             for chunk in run_ids.chunks(CHUNK) {
                 let mut qb = sqlx::QueryBuilder::new(
@@ -666,7 +674,7 @@ impl Store {
             }
             touched.sort_unstable();
             touched.dedup();
-            recorded.scheduled = advance_runs!(tx, &touched, now);
+            (recorded.scheduled, recorded.runs_ended) = advance_runs!(tx, &touched, now);
             tx.commit().await?;
             Ok(recorded)
         })
