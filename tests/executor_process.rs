@@ -20,6 +20,9 @@ use triggerer_sdk::CancellationToken;
 const SHIM: &str = env!("CARGO_BIN_EXE_triggerer");
 /// How long a killed process may take to disappear before a test calls it a survivor.
 const DEATH_WAIT: Duration = Duration::from_secs(15);
+/// Far longer than any run here should take (a kill waits `KILL_GRACE`), far shorter than the
+/// `sleep 600` the tests leave in a group.
+const RUN_LIMIT: Duration = Duration::from_secs(60);
 
 fn sh(script: &str) -> Vec<String> {
     vec!["/bin/sh".into(), "-c".into(), script.into()]
@@ -37,7 +40,7 @@ async fn run_in(
     let log_path = dir.join("task.log");
     let log = std::fs::File::create(&log_path).unwrap();
     let mut shim_pid = None;
-    let end = process::run(
+    let run = process::run(
         Launch {
             argv,
             env,
@@ -47,9 +50,12 @@ async fn run_in(
         timeout,
         cancel,
         |pid| shim_pid = Some(pid),
-    )
-    .await
-    .unwrap();
+    );
+    // A kill that does not work would otherwise pass once `sleep 600` ends by itself.
+    let end = tokio::time::timeout(RUN_LIMIT, run)
+        .await
+        .expect("the run did not end")
+        .unwrap();
     let log = std::fs::read_to_string(&log_path).unwrap();
     (end, shim_pid.expect("started was called"), log)
 }

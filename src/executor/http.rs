@@ -208,3 +208,38 @@ fn show_duration(d: Duration) -> String {
         format!("{} s", ms / 1000)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn header_values_must_be_text_and_never_show_in_errors() {
+        let headers: BTreeMap<String, Value> = [("X-Bad".to_string(), json!(["a"]))].into();
+        let err = resolve_headers(&headers).unwrap_err();
+        assert!(err.contains("X-Bad"), "{err}");
+        let headers: BTreeMap<String, Value> =
+            [("X-Newline".to_string(), json!("sec\nret-value"))].into();
+        let err = resolve_headers(&headers).unwrap_err();
+        assert!(
+            err.contains("X-Newline") && !err.contains("ret-value"),
+            "{err}"
+        );
+        let headers: BTreeMap<String, Value> = [
+            ("X-Count".to_string(), json!(3)),
+            ("X-On".to_string(), json!(true)),
+        ]
+        .into();
+        let map = resolve_headers(&headers).unwrap();
+        assert_eq!(map["x-count"], "3");
+        assert!(map["x-on"].is_sensitive());
+    }
+
+    #[test]
+    fn timeouts_read_as_written() {
+        assert_eq!(show_duration(Duration::from_millis(300)), "300 ms");
+        assert_eq!(show_duration(Duration::from_millis(1500)), "1500 ms");
+        assert_eq!(show_duration(Duration::from_secs(60)), "60 s");
+    }
+}

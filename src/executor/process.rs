@@ -182,7 +182,7 @@ pub async fn kill_group(pgid: u32) -> Result<(), ProcessError> {
             "task group did not exit within the grace period; killing"
         );
     }
-    signal_group(leader, Signal::CONT, pgid)
+    signal_group(leader, Signal::KILL, pgid)
 }
 
 fn signal_group(leader: Pid, signal: Signal, pgid: u32) -> Result<(), ProcessError> {
@@ -227,8 +227,9 @@ fn exit_code(status: ExitStatus) -> i32 {
 /// its whole group (the command, all it started, and itself). PR_SET_PDEATHSIG fires when the
 /// parent *thread* that forked the shim exits, not the parent process: the executor spawns
 /// from runtime worker threads, which live as long as the runtime, so this is the executor's
-/// death. It must never spawn from `spawn_blocking` threads, which exit when idle and would
-/// kill a healthy task.
+/// death (the main thread running `block_on` lives as long, too). It must never spawn from
+/// `spawn_blocking` threads, which exit when idle and would kill a healthy task, nor from a
+/// worker that called `block_in_place`, which may end up as such a thread.
 pub async fn shim(parent: u32, argv: &[String]) -> i32 {
     let Some((program, args)) = argv.split_first() else {
         eprintln!("task-shim: no command to run");
@@ -295,7 +296,7 @@ pub async fn shim(parent: u32, argv: &[String]) -> i32 {
             Some(()) = terms.recv() => {}
             Some(()) = orphaned.recv() => {
                 eprintln!("task-shim: the executor (pid {parent}) died; killing the task");
-                if let Err(e) = rustix::process::kill_process_group(me, Signal::CONT) {
+                if let Err(e) = rustix::process::kill_process_group(me, Signal::KILL) {
                     eprintln!("task-shim: cannot kill the task's process group: {e}");
                     return SHIM_FAILED;
                 }
