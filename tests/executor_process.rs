@@ -204,6 +204,27 @@ async fn a_timed_out_command_loses_its_whole_group() {
 }
 
 #[tokio::test]
+async fn what_a_finished_command_left_running_is_stopped() {
+    let dir = tempfile::tempdir().unwrap();
+    let pid_file = dir.path().join("child.pid");
+    let script = format!("sleep 600 & echo $! > {}; echo left", pid_file.display());
+    let (end, _, _) = run_in(
+        dir.path(),
+        &sh(&script),
+        &[],
+        None,
+        &CancellationToken::new(),
+    )
+    .await;
+    assert_eq!(end, ProcessEnd::Exited(0));
+    let leftover = pid_in(&pid_file).await;
+    assert!(
+        dies_within(leftover, DEATH_WAIT).await,
+        "the background sleep {leftover} outlived its try"
+    );
+}
+
+#[tokio::test]
 async fn cancel_kills_the_group_even_when_it_ignores_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let cancel = CancellationToken::new();

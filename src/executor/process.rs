@@ -283,6 +283,11 @@ pub async fn shim(parent: u32, argv: &[String]) -> i32 {
     loop {
         tokio::select! {
             status = child.wait() => {
+                // What the command left running in the background (`server &` without `wait`)
+                // would outlive its try, holding the log open. The group is still this shim's,
+                // so its id cannot have been reused: SIGTERM to it reaches only those leftovers
+                // (the shim handles SIGTERM and stays to report the command's status).
+                let _ = rustix::process::kill_process_group(me, Signal::TERM);
                 return match status {
                     Ok(status) => exit_code(status),
                     Err(e) => {
