@@ -126,7 +126,11 @@ pub async fn run(
     let mut tries: JoinSet<EndedTry> = JoinSet::new();
     let mut in_flight: HashMap<tokio::task::Id, InFlight> = HashMap::new();
     let mut pending: Vec<TryUpdate> = Vec::new();
-    let mut heartbeat = tokio::time::interval(options.heartbeat_interval);
+    // The heartbeat beats on its own task: a main loop busy with slow batches must not make a
+    // live executor look dead (its tries would be failed over while they run).
+    let beating = CancellationToken::new();
+    let heart = tokio::spawn(beat(store.clone(), job_id, options.heartbeat_interval, beating.clone()));
+    let mut look_after_tick = tokio::time::interval(options.heartbeat_interval);
     let mut deadline: Option<Instant> = None;
     let mut store_failing = false;
     loop {
@@ -184,7 +188,7 @@ pub async fn run(
                 pending.push(TryUpdate::Ended(ended(done, &mut in_flight)));
             }
             Some(update) = started_rx.recv() => pending.push(update),
-            _ = heartbeat.tick() => {
+            _ = look_after_tick.tick() => {
                 look_after(&store, job_id, &options, &in_flight).await;
             }
             _ = tasks_ready.notified(), if deadline.is_none() => {}
@@ -207,6 +211,8 @@ pub async fn run(
             pending.push(TryUpdate::Ended(ended(done, &mut in_flight)));
         }
     }
+    beating.cancel();
+    let _ = heart.await;
     store.end_job(job_id).await?;
     info!("executor stopped");
     Ok(())
@@ -258,18 +264,27 @@ fn ended(
     }
 }
 
-/// The heartbeat's work: the job's heartbeat, failing over dead executors' tries, and stopping
-/// tries of this executor that a user marked or cleared meanwhile.
+/// Heartbeats the executor's job every `interval` until `stop`.
+async fn beat(store: Store, job_id: JobId, interval: Duration, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(interval);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => if let Err(e) = store.heartbeat(job_id).await {
+                warn!(error = %e, "executor heartbeat failed");
+            },
+        }
+    }
+}
+
+/// Each heartbeat interval: failing over dead executors' tries, and stopping tries of this
+/// executor that a user marked or cleared meanwhile.
 async fn look_after(
     store: &Store,
     job_id: JobId,
     options: &ExecutorOptions,
     in_flight: &HashMap<tokio::task::Id, InFlight>,
 ) {
-    if let Err(e) = store.heartbeat(job_id).await {
-        warn!(error = %e, "executor heartbeat failed");
-        return;
-    }
     let alive_since = crate::time::now()
         - chrono::Duration::from_std(options.health_threshold).unwrap_or(chrono::Duration::MAX);
     match store.fail_over_task_instances(alive_since).await {

@@ -301,7 +301,7 @@ impl Store {
                 })
                 .connect_with(options)
                 .await?;
-            sqlx::migrate!("migrations/sqlite").run(&pool).await?;
+            migrate_sqlite(&pool).await?;
             if !is_in_memory(url) {
                 sqlite_file = Some(std::sync::Arc::new(DatabaseFile {
                     identity: file_identity(&path).ok(),
@@ -390,6 +390,26 @@ impl Store {
     /// Waits for in-flight statements and closes the pool.
     pub async fn close(&self) {
         with_db!(self, pool => pool.close().await)
+    }
+}
+
+/// Applies SQLite's pending migrations. sqlx takes no lock for them on SQLite, so two
+/// processes opening a new database at once both try migration 1 and one fails ("table job
+/// already exists"); each migration is its own transaction, so the loser retries and finds
+/// the winner's migrations applied.
+async fn migrate_sqlite(pool: &SqlitePool) -> Result<()> {
+    let migrator = sqlx::migrate!("migrations/sqlite");
+    let mut attempt = 0u64;
+    loop {
+        match migrator.run(pool).await {
+            Ok(()) => return Ok(()),
+            Err(e) if attempt < 10 => {
+                tracing::debug!(error = %e, attempt, "migrating SQLite failed; another process may be migrating it, retrying");
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(50 * attempt)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
     }
 }
 
