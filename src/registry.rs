@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use serde_json::Value;
 use thiserror::Error;
-use triggerer_sdk::{KwargsError, Provider};
+use triggerer_sdk::{KwargsError, Provider, TriggerKind};
 
 /// A watcher as the triggerer will run it.
 #[derive(Clone)]
@@ -26,6 +26,30 @@ pub enum WatcherError {
     UnknownClasspath(String),
     #[error(transparent)]
     Kwargs(#[from] KwargsError),
+    /// A one-shot trigger (it fires once, as a task's `wait`) where a watcher needs a
+    /// repeatable one.
+    #[error(
+        "`{0}` fires once and is done, so it cannot watch an asset; use it as a task's `wait`"
+    )]
+    NotRepeatable(&'static str),
+}
+
+/// What a trigger is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TriggerUse {
+    /// An asset's watcher: repeatable triggers only.
+    Watcher,
+    /// A task's `wait` or a command's deferral: any trigger.
+    Task,
+}
+
+/// Why [`ProviderRegistry::check_trigger`] refused a trigger: its classpath or its kwargs.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum TriggerCheckError {
+    #[error("`classpath`: {0}")]
+    Classpath(String),
+    #[error("{0}")]
+    Kwargs(String),
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -99,6 +123,25 @@ impl ProviderRegistry {
                 kwargs,
             });
         }
+        let resolved = self.resolve_trigger(classpath, kwargs)?;
+        if resolved.provider.kind() == TriggerKind::OneShot {
+            return Err(WatcherError::NotRepeatable(resolved.classpath));
+        }
+        Ok(resolved)
+    }
+
+    /// Resolves a task trigger's `(classpath, kwargs)` (a `wait`, or a command's deferral): any
+    /// trigger a provider serves, one-shot or repeatable (whose first event resumes the task),
+    /// validated without I/O.
+    pub fn resolve_trigger(
+        &self,
+        classpath: &str,
+        kwargs: &Value,
+    ) -> Result<ResolvedWatcher, WatcherError> {
+        #[cfg(feature = "msgqueue")]
+        if triggerer_provider_msgqueue::CLASSPATHS.contains(&classpath) {
+            return self.resolve_watcher(classpath, kwargs);
+        }
         let (canonical, provider) = self
             .resolve(classpath)
             .ok_or_else(|| WatcherError::UnknownClasspath(classpath.to_string()))?;
@@ -108,6 +151,41 @@ impl ProviderRegistry {
             provider: provider.clone(),
             kwargs: kwargs.clone(),
         })
+    }
+
+    /// Checks a trigger as a definition or a command's deferral writes it: `{ env = "NAME" }`
+    /// references stand in as placeholders while the provider validates the kwargs (no I/O;
+    /// secrets are not where this runs), then come back. Returns the canonical classpath and
+    /// the kwargs to store, references kept.
+    pub fn check_trigger(
+        &self,
+        classpath: &str,
+        kwargs: &Value,
+        usage: TriggerUse,
+    ) -> Result<(&'static str, Value), TriggerCheckError> {
+        let (with_placeholders, placeholders) = crate::secrets::with_placeholders(kwargs)
+            .map_err(|e| TriggerCheckError::Kwargs(e.to_string()))?;
+        let resolved = match usage {
+            TriggerUse::Watcher => self.resolve_watcher(classpath, &with_placeholders),
+            TriggerUse::Task => self.resolve_trigger(classpath, &with_placeholders),
+        };
+        let resolved = resolved.map_err(|e| match e {
+            WatcherError::UnknownClasspath(_) => TriggerCheckError::Classpath(format!(
+                "unknown classpath `{classpath}`; this build knows: {}",
+                self.canonical_classpaths().join(", ")
+            )),
+            e @ WatcherError::NotRepeatable(_) => TriggerCheckError::Classpath(e.to_string()),
+            WatcherError::Kwargs(e) => TriggerCheckError::Kwargs(e.to_string()),
+        })?;
+        if let Some(path) = crate::names::nul_in_json(&with_placeholders) {
+            return Err(TriggerCheckError::Kwargs(format!(
+                "kwargs `{path}` must not contain a NUL character"
+            )));
+        }
+        let kwargs = placeholders
+            .restore(&resolved.kwargs)
+            .map_err(|e| TriggerCheckError::Kwargs(e.to_string()))?;
+        Ok((resolved.classpath, kwargs))
     }
 
     /// Canonical classpaths, for error messages that list what is available.
@@ -139,6 +217,18 @@ pub fn builtin_providers() -> ProviderRegistry {
     #[cfg(feature = "sqs")]
     registry
         .register(triggerer_provider_sqs::SqsProvider::default())
+        .expect("built-in providers claim distinct classpaths");
+    #[cfg(feature = "time")]
+    registry
+        .register(triggerer_provider_time::DateTimeProvider)
+        .expect("built-in providers claim distinct classpaths");
+    #[cfg(feature = "time")]
+    registry
+        .register(triggerer_provider_time::TimeDeltaProvider)
+        .expect("built-in providers claim distinct classpaths");
+    #[cfg(feature = "airflow")]
+    registry
+        .register(triggerer_provider_airflow::DagRunStateProvider::default())
         .expect("built-in providers claim distinct classpaths");
     registry
 }

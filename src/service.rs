@@ -143,6 +143,7 @@ pub async fn serve(
     if let Some(executor_options) = options.executor {
         let run = executor::run(
             store.clone(),
+            registry.clone(),
             executor_options,
             stop.clone(),
             tasks_ready.clone(),

@@ -439,6 +439,26 @@ fn task_errors_name_dag_task_and_field() {
             "[[dag.task]]\ntask_id = \"a\"\nwait = { classpath = \"time.TimeDeltaTrigger\" }\n",
         ),
         5,
-        &["`wait` is a deferrable operator"],
+        &["task `a`", "`wait`", "delta"],
+    );
+    assert_error(
+        &dag_with("[[dag.task]]\ntask_id = \"a\"\nwait = { classpath = \"nope.Trigger\" }\n"),
+        5,
+        &[
+            "`wait`",
+            "unknown classpath `nope.Trigger`",
+            "time.DateTimeTrigger",
+        ],
+    );
+    assert_error(
+        &dag_with("[[dag.task]]\ntask_id = \"a\"\nshell = \"true\"\nresume = []\n"),
+        6,
+        &["`resume` must name a program"],
+    );
+    // A one-shot trigger cannot watch an asset.
+    assert_error(
+        "[[asset]]\nname = \"a\"\n[[asset.watcher]]\nname = \"w\"\nclasspath = \"time.DateTimeTrigger\"\nkwargs = { moment = \"2030-01-01T00:00:00Z\" }\n",
+        5,
+        &["fires once", "task's `wait`"],
     );
 }

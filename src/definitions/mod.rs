@@ -17,7 +17,7 @@ use tracing::warn;
 
 use crate::identity::{canonical_json, trigger_hash};
 use crate::names;
-use crate::registry::{ProviderRegistry, WatcherError};
+use crate::registry::{ProviderRegistry, TriggerCheckError, TriggerUse};
 use crate::secrets;
 use crate::store::{AssetPlan, DagPlan, SyncPlan, WatcherPlan};
 
@@ -409,60 +409,20 @@ fn validate(sources: &[Source], registry: &ProviderRegistry) -> Result<SyncPlan,
                     ),
                     None => (Value::Object(Default::default()), watcher.span()),
                 };
-                // References validate as placeholders: `dags sync` runs where secrets are not.
-                let (kwargs, placeholders) = match secrets::with_placeholders(&kwargs) {
-                    Ok(k) => k,
-                    Err(e) => {
-                        errors.push(source.error(kwargs_span.clone(), format!("{ctx}: {e}")));
+                let (canonical, kwargs) = match check_trigger(
+                    source,
+                    &ctx,
+                    registry,
+                    (classpath, w.classpath.span()),
+                    (kwargs, kwargs_span),
+                    TriggerUse::Watcher,
+                ) {
+                    Ok(checked) => checked,
+                    Err((span, message)) => {
+                        errors.push(source.error(span, format!("{ctx}: {message}")));
                         continue;
                     }
                 };
-                let resolved = match registry.resolve_watcher(classpath, &kwargs) {
-                    Ok(resolved) => resolved,
-                    Err(WatcherError::UnknownClasspath(_)) => {
-                        errors.push(source.error(
-                            w.classpath.span(),
-                            format!(
-                                "{ctx}: `classpath`: unknown classpath `{classpath}`; this build knows: {}",
-                                registry.canonical_classpaths().join(", ")
-                            ),
-                        ));
-                        continue;
-                    }
-                    Err(WatcherError::Kwargs(e)) => {
-                        errors.push(source.error(kwargs_span.clone(), format!("{ctx}: {e}")));
-                        continue;
-                    }
-                };
-                if let Some(path) = names::nul_in_json(&kwargs) {
-                    errors.push(source.error(
-                        kwargs_span.clone(),
-                        format!("{ctx}: kwargs `{path}` must not contain a NUL character"),
-                    ));
-                    continue;
-                }
-                let canonical = resolved.classpath;
-                let kwargs = match placeholders.restore(&resolved.kwargs) {
-                    Ok(k) => k,
-                    Err(e) => {
-                        errors.push(source.error(kwargs_span.clone(), format!("{ctx}: {e}")));
-                        continue;
-                    }
-                };
-                for path in secrets::uri_credentials(&kwargs) {
-                    warn!(
-                        "{}:{}: {ctx}: kwargs `{path}` holds a password inside a URI and is stored in the database as written; keep it in the triggerer's environment with `{{ env = \"NAME\" }}`",
-                        source.file,
-                        source.line_of(kwargs_span.clone())
-                    );
-                }
-                for path in secrets::literal_secrets(&kwargs) {
-                    warn!(
-                        "{}:{}: {ctx}: kwargs `{path}` is a literal secret and is stored in the database as written; use `{{ env = \"NAME\" }}` to keep it in the triggerer's environment",
-                        source.file,
-                        source.line_of(kwargs_span.clone())
-                    );
-                }
                 watchers.push(WatcherPlan {
                     name: wname,
                     classpath: canonical.to_string(),
@@ -540,7 +500,7 @@ fn validate(sources: &[Source], registry: &ProviderRegistry) -> Result<SyncPlan,
                 Some(m) => *m.get_ref(),
                 None => DEFAULT_MAX_ACTIVE_RUNS,
             };
-            let tasks = tasks::validate(source, &ctx, &d.task, &mut errors);
+            let tasks = tasks::validate(source, &ctx, &d.task, registry, &mut errors);
             let (json, summary, expr) = match &schedule {
                 Some((s, span)) => {
                     if let Some(expr) = s.assets() {
@@ -598,6 +558,41 @@ fn validate(sources: &[Source], registry: &ProviderRegistry) -> Result<SyncPlan,
         errors.sort_by(|a, b| (&a.file, a.line).cmp(&(&b.file, b.line)));
         Err(DefinitionErrors(errors))
     }
+}
+
+/// Checks a trigger's `classpath` and `kwargs` as a watcher or a task's `wait` has them
+/// ([`ProviderRegistry::check_trigger`]), and warns about literal secrets, which are stored as
+/// written. `ctx` names the asset and watcher, or the DAG and task, in those warnings; an error
+/// comes back as the span it is at and its message.
+pub(crate) fn check_trigger(
+    source: &Source,
+    ctx: &str,
+    registry: &ProviderRegistry,
+    (classpath, classpath_span): (&str, Range<usize>),
+    (kwargs, kwargs_span): (Value, Range<usize>),
+    usage: TriggerUse,
+) -> Result<(&'static str, Value), (Range<usize>, String)> {
+    let (canonical, kwargs) =
+        registry
+            .check_trigger(classpath, &kwargs, usage)
+            .map_err(|e| match e {
+                TriggerCheckError::Classpath(_) => (classpath_span, e.to_string()),
+                TriggerCheckError::Kwargs(_) => (kwargs_span.clone(), e.to_string()),
+            })?;
+    let line = source.line_of(kwargs_span.clone());
+    for path in secrets::uri_credentials(&kwargs) {
+        warn!(
+            "{}:{line}: {ctx}: kwargs `{path}` holds a password inside a URI and is stored in the database as written; keep it in the triggerer's environment with `{{ env = \"NAME\" }}`",
+            source.file
+        );
+    }
+    for path in secrets::literal_secrets(&kwargs) {
+        warn!(
+            "{}:{line}: {ctx}: kwargs `{path}` is a literal secret and is stored in the database as written; use `{{ env = \"NAME\" }}` to keep it in the triggerer's environment",
+            source.file
+        );
+    }
+    Ok((canonical, kwargs))
 }
 
 /// Reports whether `path` is one `dags sync` would read, for the file watcher behind `--dags`.

@@ -12,8 +12,11 @@ use toml::Spanned;
 
 use super::{toml_to_json, DefinitionError, Source};
 use crate::names;
+use crate::registry::{ProviderRegistry, TriggerUse};
 use crate::secrets;
-use crate::task::{self, HttpBody, HttpCall, Operator, TaskSpec, TriggerRule};
+use crate::task::{
+    self, AirflowCall, HttpBody, HttpCall, Operator, TaskSpec, TriggerRule, TriggerSpec,
+};
 
 /// Most retries a task may ask for: beyond this a typo (`retries = 10000`) is likelier than
 /// intent.
@@ -26,9 +29,10 @@ pub(super) struct TaskDoc {
     command: Option<Spanned<Vec<String>>>,
     shell: Option<Spanned<String>>,
     http: Option<Spanned<HttpDoc>>,
-    /// Deferrable operators: read so that using them says what is missing, not "unknown field".
-    wait: Option<Spanned<toml::Value>>,
-    airflow: Option<Spanned<toml::Value>>,
+    wait: Option<Spanned<WaitDoc>>,
+    airflow: Option<Spanned<AirflowDoc>>,
+    timeout: Option<Spanned<String>>,
+    resume: Option<Spanned<Vec<String>>>,
     #[serde(default)]
     depends_on: Vec<Spanned<String>>,
     trigger_rule: Option<Spanned<String>>,
@@ -36,6 +40,24 @@ pub(super) struct TaskDoc {
     retry_delay: Option<Spanned<String>>,
     retry_exponential_backoff: Option<bool>,
     execution_timeout: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WaitDoc {
+    classpath: Spanned<String>,
+    kwargs: Option<Spanned<toml::Table>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AirflowDoc {
+    base_url: Spanned<String>,
+    dag_id: Spanned<String>,
+    username: Spanned<toml::Value>,
+    password: Spanned<toml::Value>,
+    conf: Option<toml::Table>,
+    poll_interval: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -55,6 +77,7 @@ pub(super) fn validate(
     source: &Source,
     dag_ctx: &str,
     docs: &[Spanned<TaskDoc>],
+    registry: &ProviderRegistry,
     errors: &mut Vec<DefinitionError>,
 ) -> Vec<TaskSpec> {
     let mut tasks: Vec<TaskSpec> = Vec::with_capacity(docs.len());
@@ -82,14 +105,17 @@ pub(super) fn validate(
         let mut error = |span: Range<usize>, message: String| {
             errors.push(source.error(span, format!("{ctx}: {message}")));
         };
-        let Some(operator) = operator(t, doc.span(), &mut error) else {
+        let Some(operator) = operator(t, doc.span(), (source, &ctx, registry), &mut error) else {
             continue;
         };
         let retries = match &t.retries {
             Some(r) if !(0..=MAX_RETRIES).contains(r.get_ref()) => {
                 error(
                     r.span(),
-                    format!("`retries` must be between 0 and {MAX_RETRIES}, got {}", r.get_ref()),
+                    format!(
+                        "`retries` must be between 0 and {MAX_RETRIES}, got {}",
+                        r.get_ref()
+                    ),
                 );
                 continue;
             }
@@ -104,9 +130,42 @@ pub(super) fn validate(
         else {
             continue;
         };
+        let Ok(timeout) = duration(&t.timeout, "timeout", &mut error) else {
+            continue;
+        };
+        if let (Some(d), Some(span)) = (timeout, &t.timeout) {
+            if d.is_zero() {
+                error(span.span(), "`timeout` must be longer than zero".into());
+                continue;
+            }
+        }
+        let resume = match &t.resume {
+            None => None,
+            Some(argv)
+                if !matches!(operator, Operator::Command { .. } | Operator::Shell { .. }) =>
+            {
+                error(
+                    argv.span(),
+                    "`resume` is for `command` and `shell` tasks, which may defer themselves"
+                        .into(),
+                );
+                continue;
+            }
+            Some(argv) if argv.get_ref().first().is_none_or(|p| p.trim().is_empty()) => {
+                error(
+                    argv.span(),
+                    "`resume` must name a program: resume = [\"program\", …]".into(),
+                );
+                continue;
+            }
+            Some(argv) => Some(argv.get_ref().clone()),
+        };
         if let (Some(d), Some(span)) = (execution_timeout, &t.execution_timeout) {
             if d.is_zero() {
-                error(span.span(), "`execution_timeout` must be longer than zero".into());
+                error(
+                    span.span(),
+                    "`execution_timeout` must be longer than zero".into(),
+                );
                 continue;
             }
         }
@@ -132,7 +191,10 @@ pub(super) fn validate(
         for upstream in &t.depends_on {
             let name = upstream.get_ref().trim().to_string();
             if depends_on.contains(&name) {
-                error(upstream.span(), format!("`depends_on` lists `{name}` twice"));
+                error(
+                    upstream.span(),
+                    format!("`depends_on` lists `{name}` twice"),
+                );
                 continue;
             }
             depends_spans
@@ -151,6 +213,8 @@ pub(super) fn validate(
             retry_delay,
             retry_exponential_backoff: t.retry_exponential_backoff.unwrap_or(false),
             execution_timeout,
+            timeout,
+            resume,
         });
     }
     // Upstreams are checked once every task of the DAG is known: `depends_on` may name a task
@@ -185,10 +249,11 @@ pub(super) fn validate(
     tasks
 }
 
-/// The task's one operator.
+/// The task's one operator. `at` is where the task is (for trigger checks).
 fn operator(
     t: &TaskDoc,
     task_span: Range<usize>,
+    at: (&Source, &str, &ProviderRegistry),
     error: &mut impl FnMut(Range<usize>, String),
 ) -> Option<Operator> {
     let present: Vec<(&str, Range<usize>)> = [
@@ -205,7 +270,7 @@ fn operator(
         [] => {
             error(
                 task_span,
-                "needs an operator: one of `command`, `shell` or `http`".into(),
+                "needs an operator: one of `command`, `shell`, `http`, `wait` or `airflow`".into(),
             );
             return None;
         }
@@ -216,17 +281,39 @@ fn operator(
             );
             return None;
         }
-        [(name @ ("wait" | "airflow"), span)] => {
-            error(
-                span.clone(),
-                format!(
-                    "`{name}` is a deferrable operator, which this version does not run yet; \
-                     use `command`, `shell` or `http`"
-                ),
-            );
-            return None;
-        }
         [_] => {}
+    }
+    if let Some(wait) = &t.wait {
+        let (source, ctx, registry) = at;
+        let w = wait.get_ref();
+        let (kwargs, kwargs_span) = match &w.kwargs {
+            Some(k) => (
+                toml_to_json(&toml::Value::Table(k.get_ref().clone())),
+                k.span(),
+            ),
+            None => (Value::Object(Default::default()), wait.span()),
+        };
+        let classpath = w.classpath.get_ref().trim();
+        return match super::check_trigger(
+            source,
+            ctx,
+            registry,
+            (classpath, w.classpath.span()),
+            (kwargs, kwargs_span),
+            TriggerUse::Task,
+        ) {
+            Ok((canonical, kwargs)) => Some(Operator::Wait(TriggerSpec {
+                classpath: canonical.to_string(),
+                kwargs,
+            })),
+            Err((span, message)) => {
+                error(span, format!("`wait`: {message}"));
+                None
+            }
+        };
+    }
+    if let Some(airflow) = &t.airflow {
+        return airflow_call(airflow.get_ref(), error).map(Operator::Airflow);
     }
     if let Some(argv) = &t.command {
         if argv.get_ref().first().is_none_or(|p| p.trim().is_empty()) {
@@ -237,7 +324,10 @@ fn operator(
             return None;
         }
         if argv.get_ref().iter().any(|a| a.contains('\0')) {
-            error(argv.span(), "`command` must not contain a NUL character".into());
+            error(
+                argv.span(),
+                "`command` must not contain a NUL character".into(),
+            );
             return None;
         }
         return Some(Operator::Command {
@@ -250,7 +340,10 @@ fn operator(
             return None;
         }
         if script.get_ref().contains('\0') {
-            error(script.span(), "`shell` must not contain a NUL character".into());
+            error(
+                script.span(),
+                "`shell` must not contain a NUL character".into(),
+            );
             return None;
         }
         return Some(Operator::Shell {
@@ -274,7 +367,10 @@ fn http_call(h: &HttpDoc, error: &mut impl FnMut(Range<usize>, String)) -> Optio
             if !token {
                 error(
                     m.span(),
-                    format!("`http.method`: `{}` is not an HTTP method such as GET or POST", m.get_ref()),
+                    format!(
+                        "`http.method`: `{}` is not an HTTP method such as GET or POST",
+                        m.get_ref()
+                    ),
                 );
                 return None;
             }
@@ -332,9 +428,9 @@ fn http_call(h: &HttpDoc, error: &mut impl FnMut(Range<usize>, String)) -> Optio
             }
             headers.insert(name.clone(), json);
         }
-        if let Err(e) = secrets::with_placeholders(&Value::Object(
-            headers.clone().into_iter().collect(),
-        )) {
+        if let Err(e) =
+            secrets::with_placeholders(&Value::Object(headers.clone().into_iter().collect()))
+        {
             error(table.span(), format!("`http.headers`: {e}"));
             return None;
         }
@@ -365,7 +461,10 @@ fn http_call(h: &HttpDoc, error: &mut impl FnMut(Range<usize>, String)) -> Optio
                     _ => {
                         error(
                             v.span(),
-                            format!("`http.expect_status`: `{}` is not an HTTP status (100 to 599)", toml_to_json(item)),
+                            format!(
+                                "`http.expect_status`: `{}` is not an HTTP status (100 to 599)",
+                                toml_to_json(item)
+                            ),
                         );
                         return None;
                     }
@@ -391,6 +490,68 @@ fn http_call(h: &HttpDoc, error: &mut impl FnMut(Range<usize>, String)) -> Optio
         body,
         expect_status,
         timeout,
+    })
+}
+
+fn airflow_call(
+    a: &AirflowDoc,
+    error: &mut impl FnMut(Range<usize>, String),
+) -> Option<AirflowCall> {
+    let base_url = a.base_url.get_ref().trim().trim_end_matches('/');
+    match url::Url::parse(base_url) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") => {}
+        _ => {
+            error(
+                a.base_url.span(),
+                format!(
+                    "`airflow.base_url`: `{}` is not an http(s) URL such as http://airflow:8080",
+                    secrets::redact_uri(base_url)
+                ),
+            );
+            return None;
+        }
+    }
+    let dag_id = a.dag_id.get_ref().trim();
+    if let Err(e) = names::check(dag_id) {
+        error(a.dag_id.span(), format!("`airflow.dag_id` {e}"));
+        return None;
+    }
+    let mut credential = |field: &str, value: &Spanned<toml::Value>| {
+        let json = toml_to_json(value.get_ref());
+        match &json {
+            Value::String(s) if !s.is_empty() => Some(json),
+            other if secrets::env_reference(other).is_some() => Some(json),
+            _ => {
+                error(
+                    value.span(),
+                    format!("`airflow.{field}` must be a string or {{ env = \"NAME\" }}"),
+                );
+                None
+            }
+        }
+    };
+    let username = credential("username", &a.username)?;
+    let password = credential("password", &a.password)?;
+    if matches!(password, Value::String(_)) {
+        tracing::warn!(
+            "`airflow.password` is a literal secret and is stored in the database as written; use {{ env = \"NAME\" }} to keep it in the executor's and triggerer's environment"
+        );
+    }
+    let poll_interval = match duration(&a.poll_interval, "airflow.poll_interval", error) {
+        Ok(d) => d.unwrap_or(std::time::Duration::from_secs(5)),
+        Err(()) => return None,
+    };
+    Some(AirflowCall {
+        base_url: base_url.to_string(),
+        dag_id: dag_id.to_string(),
+        username,
+        password,
+        conf: a
+            .conf
+            .as_ref()
+            .map(|c| toml_to_json(&toml::Value::Table(c.clone())))
+            .unwrap_or_else(|| Value::Object(Default::default())),
+        poll_interval,
     })
 }
 

@@ -8,6 +8,7 @@
 //! [`crate::task::graph`]) and writes nothing but through the store; every write of the loop
 //! is batched so that a busy executor commits once per batch of tries, not once per try.
 
+mod defer;
 pub mod http;
 pub mod process;
 
@@ -24,9 +25,9 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 use triggerer_sdk::CancellationToken;
 
+use crate::registry::ProviderRegistry;
 use crate::store::{
-    ClaimedTry, EndedTry, JobId, Store, StoreError, TaskInstanceId, TryEnd, TryUpdate,
-    EXECUTOR_JOB,
+    ClaimedTry, EndedTry, JobId, Store, StoreError, TaskInstanceId, TryEnd, TryUpdate, EXECUTOR_JOB,
 };
 use crate::task::{Operator, TaskSpec};
 use crate::time::isoformat;
@@ -82,6 +83,8 @@ struct Shared {
     log_dir: PathBuf,
     client: reqwest::Client,
     started: mpsc::UnboundedSender<TryUpdate>,
+    /// To check the trigger a command asks to defer on.
+    registry: ProviderRegistry,
 }
 
 /// A try in flight, by the id of the task running it.
@@ -94,10 +97,12 @@ struct InFlight {
 }
 
 /// Runs the executor until `shutdown` fires and its tries are finished or handed back.
-/// `tasks_ready` wakes it when the scheduler in this process scheduled task instances;
-/// `committed` is notified after each recorded batch (the scheduler's wake).
+/// `tasks_ready` wakes it when the scheduler in this process scheduled task instances, and
+/// `committed` when the triggerer in this process committed (a deferred task may have resumed);
+/// it notifies `committed` itself when a batch ended runs (the scheduler's wake).
 pub async fn run(
     store: Store,
+    registry: ProviderRegistry,
     options: ExecutorOptions,
     shutdown: CancellationToken,
     tasks_ready: Arc<Notify>,
@@ -118,6 +123,7 @@ pub async fn run(
         log_dir: log_dir.path().to_path_buf(),
         client: http::client()?,
         started: started_tx,
+        registry,
     });
     info!(job_id = %job_id, parallelism = options.parallelism, "executor started");
 
@@ -129,7 +135,12 @@ pub async fn run(
     // The heartbeat beats on its own task: a main loop busy with slow batches must not make a
     // live executor look dead (its tries would be failed over while they run).
     let beating = CancellationToken::new();
-    let heart = tokio::spawn(beat(store.clone(), job_id, options.heartbeat_interval, beating.clone()));
+    let heart = tokio::spawn(beat(
+        store.clone(),
+        job_id,
+        options.heartbeat_interval,
+        beating.clone(),
+    ));
     let mut look_after_tick = tokio::time::interval(options.heartbeat_interval);
     let mut deadline: Option<Instant> = None;
     let mut store_failing = false;
@@ -192,6 +203,8 @@ pub async fn run(
                 look_after(&store, job_id, &options, &in_flight).await;
             }
             _ = tasks_ready.notified(), if deadline.is_none() => {}
+            // A triggerer's commit may have fired a deferred task's trigger.
+            _ = committed.notified(), if deadline.is_none() => {}
             _ = tokio::time::sleep(retry_soon.unwrap_or(options.poll_interval)), if deadline.is_none() || store_failing => {}
             _ = shutdown.cancelled(), if deadline.is_none() => {
                 info!(running = tries.len(), grace_period = ?options.grace_period,
@@ -231,7 +244,8 @@ fn ended(
         Err(e) => {
             let flight = in_flight.remove(&e.id());
             let now = crate::time::now();
-            let message = format!("[triggerer] the executor's try failed inside the executor: {e}\n");
+            let message =
+                format!("[triggerer] the executor's try failed inside the executor: {e}\n");
             warn!(error = %e, "a try failed inside the executor");
             match flight {
                 Some(f) => EndedTry {
@@ -295,10 +309,8 @@ async fn look_after(
         ),
         Err(e) => warn!(error = %e, "failing over dead executors' tries failed"),
     }
-    let held: Vec<(TaskInstanceId, u32)> = in_flight
-        .values()
-        .map(|f| (f.id, f.try_number))
-        .collect();
+    let held: Vec<(TaskInstanceId, u32)> =
+        in_flight.values().map(|f| (f.id, f.try_number)).collect();
     match store.tries_taken_away(job_id, &held).await {
         Ok(gone) => {
             for f in in_flight.values().filter(|f| gone.contains(&f.id)) {
@@ -355,10 +367,15 @@ async fn run_try(claimed: ClaimedTry, shared: Arc<Shared>, cancel: CancellationT
                     .map_or(Duration::ZERO, |s| s.retry_delay_after(claimed.try_number)),
                 retryable: true,
             },
-            format!("failed: cannot create the try's log file {}: {e}", log_path.display()),
+            format!(
+                "failed: cannot create the try's log file {}: {e}",
+                log_path.display()
+            ),
         ),
     };
-    let log = read_log(&log_path).unwrap_or_else(|e| format!("[triggerer] {outcome}; the log could not be read back: {e}\n").into_bytes());
+    let log = read_log(&log_path).unwrap_or_else(|e| {
+        format!("[triggerer] {outcome}; the log could not be read back: {e}\n").into_bytes()
+    });
     let _ = std::fs::remove_file(&log_path);
     EndedTry {
         id: claimed.id,
@@ -385,12 +402,19 @@ async fn operate(
         retry_delay: spec.retry_delay_after(claimed.try_number),
         retryable: true,
     };
-    let timeout_reached = |d: Duration| {
+    // `execution_timeout` counts running time across deferrals.
+    let limit = spec
+        .execution_timeout
+        .map(|t| t.saturating_sub(claimed.ran_before));
+    let timeout_reached = |d: Option<Duration>| {
         format!(
             "failed: execution_timeout ({}) reached; the task was stopped",
-            humantime::format_duration(d)
+            humantime::format_duration(d.unwrap_or_default())
         )
     };
+    if limit.is_some_and(|l| l.is_zero()) {
+        return (failed, timeout_reached(spec.execution_timeout));
+    }
     let started = |pid: u32| {
         let _ = shared.started.send(TryUpdate::Started {
             id: claimed.id,
@@ -399,26 +423,89 @@ async fn operate(
             at: crate::time::now(),
         });
     };
-    let argv: Vec<String> = match &spec.operator {
-        Operator::Command { argv } => argv.clone(),
-        Operator::Shell { script } => vec!["/bin/sh".into(), "-c".into(), script.clone()],
-        Operator::Http(call) => {
+    let event = claimed.trigger_event.as_ref();
+    if let Some(event) = event {
+        let _ = writeln!(log, "[triggerer] resumed: the trigger fired with {event}");
+    }
+    let argv: Vec<String> = match (&spec.operator, event) {
+        (Operator::Command { argv }, None) => argv.clone(),
+        (Operator::Shell { script }, None) => vec!["/bin/sh".into(), "-c".into(), script.clone()],
+        (Operator::Command { argv }, Some(_)) => {
+            spec.resume.clone().unwrap_or_else(|| argv.clone())
+        }
+        (Operator::Shell { script }, Some(_)) => spec
+            .resume
+            .clone()
+            .unwrap_or_else(|| vec!["/bin/sh".into(), "-c".into(), script.clone()]),
+        (Operator::Http(call), _) => {
             started(std::process::id());
-            let limit = spec.execution_timeout.unwrap_or(Duration::MAX);
+            let limit = limit.unwrap_or(Duration::MAX);
             return tokio::select! {
                 result = tokio::time::timeout(limit, http::call(&shared.client, call, log)) => match result {
                     Ok(Ok(())) => (TryEnd::Success, "success".into()),
                     Ok(Err(reason)) => (failed, format!("failed: {reason}")),
-                    Err(_) => (failed, timeout_reached(limit)),
+                    Err(_) => (failed, timeout_reached(spec.execution_timeout)),
                 },
                 _ = cancel.cancelled() => (TryEnd::HandedBack, "handed back: the executor stopped".into()),
             };
         }
+        (Operator::Wait(trigger), None) => {
+            started(std::process::id());
+            return match defer::deferral(claimed, trigger, spec.timeout) {
+                Ok((deferral, shown)) => {
+                    let _ = writeln!(log, "[triggerer] deferred: waiting for {shown}");
+                    (TryEnd::Deferred(deferral), "deferred".into())
+                }
+                Err(reason) => (failed, format!("failed: {reason}")),
+            };
+        }
+        (Operator::Wait(_), Some(_)) => return (TryEnd::Success, "success".into()),
+        (Operator::Airflow(call), None) => {
+            started(std::process::id());
+            return match defer::start_airflow_run(claimed, call, spec.timeout, log).await {
+                Ok(deferral) => (TryEnd::Deferred(deferral), "deferred".into()),
+                Err(reason) => (failed, format!("failed: {reason}")),
+            };
+        }
+        (Operator::Airflow(call), Some(event)) => {
+            let state = event
+                .get("state")
+                .and_then(|s| s.as_str())
+                .unwrap_or("unknown");
+            return if state == "success" {
+                (TryEnd::Success, "success".into())
+            } else {
+                // Retrying would find the same Airflow run (its id is this run's): it stays failed.
+                (
+                    TryEnd::Failed {
+                        retry_delay: Duration::ZERO,
+                        retryable: false,
+                    },
+                    format!(
+                        "failed: the Airflow run {} of DAG `{}` ended {state}",
+                        claimed.run_id, call.dag_id
+                    ),
+                )
+            };
+        }
     };
-    let env = match run_context(claimed, log_path) {
+    let defer_file = log_path.with_extension("defer.json");
+    let mut env = match run_context(claimed, log_path) {
         Ok(env) => env,
-        Err(e) => return (failed, format!("failed: cannot prepare the run context: {e}")),
+        Err(e) => {
+            return (
+                failed,
+                format!("failed: cannot prepare the run context: {e}"),
+            )
+        }
     };
+    env.push((
+        "TRIGGERER_DEFER_FILE".to_string(),
+        defer_file.display().to_string(),
+    ));
+    if let Some(event) = event {
+        env.push(("TRIGGERER_TRIGGER_EVENT".to_string(), event.to_string()));
+    }
     let log_file = match log.try_clone() {
         Ok(f) => f,
         Err(e) => return (failed, format!("failed: cannot share the log file: {e}")),
@@ -429,17 +516,29 @@ async fn operate(
         log: log_file,
         shim: &shared.shim,
     };
-    match process::run(launch, spec.execution_timeout, cancel, started).await {
-        Ok(process::ProcessEnd::Exited(0)) => (TryEnd::Success, "success".into()),
-        Ok(process::ProcessEnd::Exited(code)) if code > 128 && code < 160 => (
-            failed,
-            format!("failed: killed by signal {}", code - 128),
-        ),
+    let ended = process::run(launch, limit, cancel, started).await;
+    let requested = std::fs::read(&defer_file).ok();
+    let _ = std::fs::remove_file(&defer_file);
+    match ended {
+        Ok(process::ProcessEnd::Exited(0)) => {
+            match requested.filter(|r| !r.iter().all(u8::is_ascii_whitespace)) {
+                None => (TryEnd::Success, "success".into()),
+                Some(request) => {
+                    match defer::requested(claimed, &shared.registry, &request, spec.timeout) {
+                        Ok((deferral, shown)) => {
+                            let _ = writeln!(log, "[triggerer] deferred: waiting for {shown}");
+                            (TryEnd::Deferred(deferral), "deferred".into())
+                        }
+                        Err(reason) => (failed, format!("failed: {reason}")),
+                    }
+                }
+            }
+        }
+        Ok(process::ProcessEnd::Exited(code)) if code > 128 && code < 160 => {
+            (failed, format!("failed: killed by signal {}", code - 128))
+        }
         Ok(process::ProcessEnd::Exited(code)) => (failed, format!("failed: exit status {code}")),
-        Ok(process::ProcessEnd::TimedOut) => (
-            failed,
-            timeout_reached(spec.execution_timeout.unwrap_or_default()),
-        ),
+        Ok(process::ProcessEnd::TimedOut) => (failed, timeout_reached(spec.execution_timeout)),
         Ok(process::ProcessEnd::Cancelled) => (
             TryEnd::HandedBack,
             "handed back: the executor stopped it".into(),

@@ -62,6 +62,8 @@ pub struct PassReport {
     pub runs_advanced: usize,
     /// Task instances made `scheduled` (upstreams done, or a retry's delay over).
     pub tasks_scheduled: usize,
+    /// Deferred task instances failed with `trigger timeout`.
+    pub deferrals_timed_out: usize,
 }
 
 impl PassReport {
@@ -72,6 +74,7 @@ impl PassReport {
             + self.started
             + self.runs_advanced
             + self.tasks_scheduled
+            + self.deferrals_timed_out
             > 0
     }
 }
@@ -423,6 +426,7 @@ pub async fn pass(
     }
     report.started = store.start_queued_runs(now).await?;
     report.tasks_scheduled = store.retry_due_task_instances(now).await?;
+    report.deferrals_timed_out = store.time_out_deferrals(now).await?;
     let (runs, scheduled) = store.advance_changed_runs(now).await?;
     report.runs_advanced = runs;
     report.tasks_scheduled += scheduled;

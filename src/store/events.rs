@@ -10,7 +10,7 @@ use sqlx::types::Json;
 use sqlx::Row;
 use triggerer_sdk::{Checkpoint, NotCommitted};
 
-use super::{push_in_list, with_db, JobId, Result, Store, CHUNK};
+use super::{push_in_list, with_db, JobId, Result, Store, TaskInstanceId, CHUNK};
 use triggerer_sdk::TriggerId;
 
 /// Where an event comes from, which decides the assets it is recorded for.
@@ -107,6 +107,19 @@ impl Store {
                 }
             }
 
+            // Task triggers among them: the task instance deferred on each.
+            let mut deferred: HashMap<i64, TaskInstanceId> = HashMap::new();
+            for chunk in owned_ids.chunks(CHUNK) {
+                let mut qb = sqlx::QueryBuilder::new(
+                    "SELECT trigger_id, id FROM task_instance WHERE state = 'deferred' AND trigger_id IN ",
+                );
+                push_in_list(&mut qb, chunk);
+                for row in qb.build().fetch_all(&mut *tx).await? {
+                    deferred.insert(row.try_get("trigger_id")?, row.try_get("id")?);
+                }
+            }
+            let mut fired: Vec<(i64, TaskInstanceId, &Value)> = Vec::new();
+
             let mut outcome: Vec<Result<u32, NotCommitted>> = Vec::with_capacity(events.len());
             let mut rows: Vec<EventRow<'_>> = Vec::new();
             for (event_index, event) in events.iter().enumerate() {
@@ -116,6 +129,16 @@ impl Store {
                         if !owned.contains(&trigger_id) {
                             outcome.push(Err(NotCommitted::Fenced));
                             continue;
+                        }
+                        // A task trigger fires once: its first event resumes the task; any
+                        // later one is not the task's, so it must not be acknowledged.
+                        if let Some(task_instance) = deferred.get(&trigger_id) {
+                            if fired.iter().any(|(t, _, _)| *t == trigger_id) {
+                                outcome.push(Err(NotCommitted::Fenced));
+                                continue;
+                            }
+                            let payload = event.extra.get("payload").unwrap_or(&event.extra);
+                            fired.push((trigger_id, *task_instance, payload));
                         }
                         for (asset_id, watcher) in watched.get(&trigger_id).into_iter().flatten() {
                             rows.push(EventRow {
@@ -188,6 +211,25 @@ impl Store {
                      updated_at = excluded.updated_at",
                 );
                 qb.build().execute(&mut *tx).await?;
+            }
+
+            // Fired task triggers: the task is scheduled again with the event, and the trigger
+            // removed (its triggerer then cancels it), in this commit: never lost, never twice.
+            for (trigger_id, task_instance, payload) in &fired {
+                sqlx::query(
+                    "UPDATE task_instance SET state = 'scheduled', next_kwargs = $1, trigger_id = NULL, \
+                     trigger_timeout = NULL, updated_at = $2 WHERE id = $3 AND state = 'deferred' AND trigger_id = $4",
+                )
+                .bind(Json(payload))
+                .bind(now)
+                .bind(*task_instance)
+                .bind(*trigger_id)
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query("DELETE FROM trigger WHERE id = $1")
+                    .bind(*trigger_id)
+                    .execute(&mut *tx)
+                    .await?;
             }
 
             tx.commit().await?;

@@ -28,8 +28,8 @@ pub use runs::{ManualRun, NewDagRun, QueuedDag};
 pub use schedule::{BackfillReport, DagTiming, DueSlot, SlotOutcome, SlotPolicy};
 pub use sync::{AssetPlan, DagPlan, SyncPlan, SyncReport, WatcherPlan};
 pub use tasks::{
-    ClaimedTry, EndedTry, ExecutorStatus, Status, TaskInstanceId, TaskLog, TaskRow, TriggererStatus,
-    TryEnd, TryUpdate, EXECUTOR_JOB,
+    ClaimedTry, Deferral, EndedTry, ExecutorStatus, Status, TaskInstanceId, TaskLog, TaskRow,
+    TriggererStatus, TryEnd, TryUpdate, EXECUTOR_JOB,
 };
 pub use triggers::{AssignedTrigger, Claim, JobId, SCHEDULER_JOB, TRIGGERER_JOB};
 

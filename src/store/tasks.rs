@@ -23,7 +23,9 @@ use crate::time::isoformat;
 pub const EXECUTOR_JOB: &str = "ExecutorJob";
 
 /// A `task_instance` row's id.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, sqlx::Type, Serialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, sqlx::Type, Serialize,
+)]
 #[sqlx(transparent)]
 #[serde(transparent)]
 pub struct TaskInstanceId(i64);
@@ -54,6 +56,11 @@ pub struct ClaimedTry {
     pub conf: Value,
     /// The asset events the run consumed: `id, asset, uri, timestamp, extra`.
     pub triggering_asset_events: Vec<Value>,
+    /// Set when the try resumes after a deferral: the trigger's event (Airflow's
+    /// `next_kwargs["event"]`).
+    pub trigger_event: Option<Value>,
+    /// Running time of this try before its deferrals (what `execution_timeout` counts on).
+    pub ran_before: Duration,
 }
 
 /// How a try ended, as its executor saw it.
@@ -68,6 +75,23 @@ pub enum TryEnd {
     /// Not the task's failure (its executor shut down): scheduled again, and the try does not
     /// count against its retries.
     HandedBack,
+    /// The try gives its slot back and waits for a trigger (a new `trigger` row, which the
+    /// triggerers run); when it fires, the same try is scheduled again with the event.
+    Deferred(Deferral),
+}
+
+/// What a deferring try waits for.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Deferral {
+    /// Canonical classpath.
+    pub classpath: String,
+    /// Canonical JSON of the kwargs (`{ env = "NAME" }` references kept).
+    pub kwargs: String,
+    /// The trigger row's identity: unique per deferral (two tasks waiting on the same file
+    /// each fire once).
+    pub hash: String,
+    /// When the deferral fails the task with `trigger timeout`.
+    pub timeout_at: Option<DateTime<Utc>>,
 }
 
 /// A finished try, to record.
@@ -174,7 +198,8 @@ const RESET_TASK_INSTANCE: &str = "state = NULL, \
      max_tries = try_number + COALESCE((SELECT t.retries FROM dag_task t \
          WHERE t.dag_id = task_instance.dag_id AND t.task_id = task_instance.task_id), 0), \
      start_date = NULL, end_date = NULL, duration = NULL, next_retry_at = NULL, \
-     queued_by_job_id = NULL, queued_dttm = NULL, pid = NULL";
+     queued_by_job_id = NULL, queued_dttm = NULL, pid = NULL, \
+     trigger_id = NULL, trigger_timeout = NULL, next_method = NULL, next_kwargs = NULL";
 
 fn parse_state(text: Option<String>) -> Result<Option<TaskInstanceState>> {
     Ok(text.map(|s| s.parse::<TaskInstanceState>()).transpose()?)
@@ -336,7 +361,7 @@ macro_rules! end_try {
         let n = match end {
             TryEnd::Success => sqlx::query(&format!(
                 "UPDATE task_instance SET state = 'success', start_date = COALESCE(start_date, $4), \
-                 end_date = $5, duration = $6, updated_at = $5{fence}"
+                 end_date = $5, duration = COALESCE(duration, 0) + $6, updated_at = $5{fence}"
             ))
             .bind($id)
             .bind(i64::from($try_number))
@@ -353,7 +378,8 @@ macro_rules! end_try {
                     "UPDATE task_instance SET \
                      state = CASE WHEN $7 AND try_number <= max_tries THEN 'up_for_retry' ELSE 'failed' END, \
                      next_retry_at = CASE WHEN $7 AND try_number <= max_tries THEN $8 ELSE NULL END, \
-                     start_date = COALESCE(start_date, $4), end_date = $5, duration = $6, updated_at = $5{fence}"
+                     start_date = COALESCE(start_date, $4), end_date = $5, duration = COALESCE(duration, 0) + $6, \
+                     updated_at = $5{fence}"
                 ))
                 .bind($id)
                 .bind(i64::from($try_number))
@@ -377,28 +403,122 @@ macro_rules! end_try {
             .bind(now)
             .execute(&mut *$tx)
             .await?,
+            TryEnd::Deferred(deferral) => {
+                let n = sqlx::query(&format!(
+                    "UPDATE task_instance SET state = 'deferred', trigger_timeout = $4, \
+                     next_method = 'execute_complete', next_kwargs = NULL, queued_by_job_id = NULL, pid = NULL, \
+                     start_date = COALESCE(start_date, $5), duration = COALESCE(duration, 0) + $6, \
+                     updated_at = $7{fence}"
+                ))
+                .bind($id)
+                .bind(i64::from($try_number))
+                .bind(holder)
+                .bind(deferral.timeout_at)
+                .bind(started)
+                .bind(duration)
+                .bind(now)
+                .execute(&mut *$tx)
+                .await?;
+                if n.rows_affected() == 1 {
+                    let trigger_id: i64 = sqlx::query_scalar(
+                        "INSERT INTO trigger (classpath, kwargs, hash, created_date) VALUES ($1, $2, $3, $4) RETURNING id",
+                    )
+                    .bind(&deferral.classpath)
+                    .bind(&deferral.kwargs)
+                    .bind(&deferral.hash)
+                    .bind(now)
+                    .fetch_one(&mut *$tx)
+                    .await?;
+                    sqlx::query("UPDATE task_instance SET trigger_id = $1 WHERE id = $2")
+                        .bind(trigger_id)
+                        .bind($id)
+                        .execute(&mut *$tx)
+                        .await?;
+                }
+                n
+            }
         };
         n.rows_affected() == 1
     }};
 }
 
-/// Keeps a try's log; the first account of a try stands (a failed-over try's note is not
-/// replaced by a late report from an executor that lost it).
-macro_rules! insert_log {
-    ($tx:expr, $id:expr, $try_number:expr, $hostname:expr, $outcome:expr, $content:expr, $now:expr) => {
-        sqlx::query(
-            "INSERT INTO task_instance_log (task_instance_id, try_number, hostname, outcome, content, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (task_instance_id, try_number) DO NOTHING",
+/// Fails deferred task instance `$id` waiting on trigger `$trigger_id` (retried while tries
+/// remain), removes the trigger and notes `$reason` in the try's log, on `$tx`. Evaluates to
+/// the run to advance when it was still waiting on that trigger.
+macro_rules! fail_deferred {
+    ($tx:expr, $id:expr, $trigger_id:expr, $retry_delay:expr, $reason:expr, $now:expr) => {{
+        let now: DateTime<Utc> = $now;
+        let retry_at = now + chrono::Duration::from_std($retry_delay).unwrap_or(chrono::Duration::days(1));
+        let failed: Option<(i64, i64)> = sqlx::query_as(
+            "UPDATE task_instance SET \
+             state = CASE WHEN try_number <= max_tries THEN 'up_for_retry' ELSE 'failed' END, \
+             next_retry_at = CASE WHEN try_number <= max_tries THEN $1 ELSE NULL END, \
+             trigger_id = NULL, trigger_timeout = NULL, next_method = NULL, next_kwargs = NULL, \
+             end_date = $2, updated_at = $2 WHERE id = $3 AND state = 'deferred' AND trigger_id = $4 \
+             RETURNING dag_run_id, try_number",
+        )
+        .bind(retry_at)
+        .bind(now)
+        .bind($id)
+        .bind($trigger_id)
+        .fetch_optional(&mut *$tx)
+        .await?;
+        sqlx::query("DELETE FROM trigger WHERE id = $1")
+            .bind($trigger_id)
+            .execute(&mut *$tx)
+            .await?;
+        match failed {
+            Some((run, try_number)) => {
+                let reason: &str = $reason;
+                let note = format!("[triggerer] failed: {reason}\n");
+                append_log!($tx, $id, try_u32(try_number), None::<String>, format!("failed: {reason}"), note.as_bytes(), now);
+                Some(run)
+            }
+            None => None,
+        }
+    }};
+}
+
+/// Adds to try `$try_number`'s log: a try that deferred and resumed writes its log in parts,
+/// and a late report of a failed-over try adds what it saw after the failover's note. The
+/// outcome is the latest part's.
+macro_rules! append_log {
+    ($tx:expr, $id:expr, $try_number:expr, $hostname:expr, $outcome:expr, $content:expr, $now:expr) => {{
+        let content: &[u8] = $content;
+        let existing: Option<Vec<u8>> = sqlx::query_scalar(
+            "SELECT content FROM task_instance_log WHERE task_instance_id = $1 AND try_number = $2",
         )
         .bind($id)
         .bind(i64::from($try_number))
-        .bind($hostname)
-        .bind($outcome)
-        .bind($content)
-        .bind($now)
-        .execute(&mut *$tx)
-        .await?
-    };
+        .fetch_optional(&mut *$tx)
+        .await?;
+        match existing {
+            None => sqlx::query(
+                "INSERT INTO task_instance_log (task_instance_id, try_number, hostname, outcome, content, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind($id)
+            .bind(i64::from($try_number))
+            .bind($hostname)
+            .bind($outcome)
+            .bind(content)
+            .bind($now)
+            .execute(&mut *$tx)
+            .await?,
+            Some(mut all) => {
+                all.extend_from_slice(content);
+                sqlx::query(
+                    "UPDATE task_instance_log SET content = $1, outcome = $2 WHERE task_instance_id = $3 AND try_number = $4",
+                )
+                .bind(all)
+                .bind($outcome)
+                .bind($id)
+                .bind(i64::from($try_number))
+                .execute(&mut *$tx)
+                .await?
+            }
+        };
+    }};
 }
 
 /// The error for a task run `$run` does not have, naming the tasks it has.
@@ -510,25 +630,35 @@ impl Store {
         let now = crate::time::now();
         with_db!(self, pool => {
             let mut tx = pool.begin_with(self.begin_write()).await?;
-            let ids: Vec<TaskInstanceId> = sqlx::query_scalar(&format!(
-                "SELECT id FROM task_instance WHERE state = 'scheduled' \
+            let picked: Vec<(TaskInstanceId, Option<Json<Value>>, Option<f64>)> = sqlx::query_as(&format!(
+                "SELECT id, next_kwargs, duration FROM task_instance WHERE state = 'scheduled' \
                  AND dag_id IN (SELECT dag_id FROM dag WHERE is_paused = FALSE) ORDER BY id LIMIT $1{lock}"
             ))
             .bind(i64::try_from(limit).unwrap_or(i64::MAX))
             .fetch_all(&mut *tx)
             .await?;
+            let ids: Vec<TaskInstanceId> = picked.iter().map(|(id, _, _)| *id).collect();
+            // A resumed try (its deferral fired) goes on as the same try, with the event.
+            let resumed: HashMap<TaskInstanceId, (Value, f64)> = picked
+                .into_iter()
+                .filter_map(|(id, event, ran)| event.map(|e| (id, (e.0, ran.unwrap_or(0.0)))))
+                .collect();
             if ids.is_empty() {
                 return Ok(Vec::new());
             }
             let mut qb = sqlx::QueryBuilder::new(
-                "UPDATE task_instance SET state = 'queued', try_number = try_number + 1, queued_dttm = ",
+                "UPDATE task_instance SET state = 'queued', \
+                 try_number = CASE WHEN next_method IS NULL THEN try_number + 1 ELSE try_number END, \
+                 start_date = CASE WHEN next_method IS NULL THEN NULL ELSE start_date END, \
+                 duration = CASE WHEN next_method IS NULL THEN NULL ELSE duration END, \
+                 next_method = NULL, next_kwargs = NULL, queued_dttm = ",
             );
             qb.push_bind(now)
                 .push(", queued_by_job_id = ")
                 .push_bind(job_id)
                 .push(", hostname = ")
                 .push_bind(hostname)
-                .push(", pid = NULL, start_date = NULL, end_date = NULL, duration = NULL, next_retry_at = NULL, updated_at = ")
+                .push(", pid = NULL, end_date = NULL, next_retry_at = NULL, updated_at = ")
                 .push_bind(now)
                 .push(" WHERE state = 'scheduled' AND id IN ");
             push_in_list(&mut qb, &ids);
@@ -550,6 +680,8 @@ impl Store {
                     data_interval_end: None,
                     conf: Value::Object(Default::default()),
                     triggering_asset_events: Vec::new(),
+                    trigger_event: None,
+                    ran_before: Duration::ZERO,
                 });
             }
             tries.sort_by_key(|t| t.id);
@@ -610,6 +742,10 @@ impl Store {
                     t.conf = conf.clone();
                 }
                 t.triggering_asset_events = events.get(&t.dag_run_id).cloned().unwrap_or_default();
+                if let Some((event, ran)) = resumed.get(&t.id) {
+                    t.trigger_event = Some(event.clone());
+                    t.ran_before = Duration::try_from_secs_f64(*ran).unwrap_or_default();
+                }
             }
             Ok(tries)
         })
@@ -642,7 +778,7 @@ impl Store {
                 let applied = match update {
                     TryUpdate::Started { id, try_number, pid, at } => {
                         sqlx::query(
-                            "UPDATE task_instance SET state = 'running', pid = $1, start_date = $2, updated_at = $2 \
+                            "UPDATE task_instance SET state = 'running', pid = $1, start_date = COALESCE(start_date, $2), updated_at = $2 \
                              WHERE id = $3 AND try_number = $4 AND queued_by_job_id = $5 AND state = 'queued'",
                         )
                         .bind(i64::from(*pid))
@@ -663,7 +799,7 @@ impl Store {
                         } else {
                             format!("{} (not recorded: the try was no longer this executor's)", e.outcome)
                         };
-                        insert_log!(tx, e.id, e.try_number, hostname, outcome, &e.log, now);
+                        append_log!(tx, e.id, e.try_number, hostname, outcome, &e.log, now);
                         if applied {
                             touched.push(e.dag_run_id);
                         }
@@ -734,7 +870,7 @@ impl Store {
                         "[triggerer] {who} stopped heartbeating while it held this try; the try \
                          counts as failed and its output was not kept\n"
                     );
-                    insert_log!(tx, id, try_number, hostname, "failed: its executor stopped heartbeating", note.into_bytes(), now);
+                    append_log!(tx, id, try_number, hostname, "failed: its executor stopped heartbeating", note.as_bytes(), now);
                     touched.push(row.try_get("dag_run_id")?);
                     tracing::warn!(%dag_id, %task_id, try_number, %who, "failed over a try whose executor stopped heartbeating");
                 }
@@ -744,6 +880,74 @@ impl Store {
             advance_runs!(tx, &touched, now);
             tx.commit().await?;
             Ok(touched.len())
+        })
+    }
+
+    /// Deferred task instances whose `trigger_timeout` passed: failed with `trigger timeout`
+    /// (retried while tries remain), as Airflow's scheduler does; their triggers are removed.
+    /// Returns how many.
+    pub async fn time_out_deferrals(&self, now: DateTime<Utc>) -> Result<usize> {
+        with_db!(self, pool => {
+            let due: Vec<(TaskInstanceId, i64, i64, String, String, i64)> = sqlx::query_as(
+                "SELECT id, trigger_id, dag_run_id, dag_id, task_id, try_number FROM task_instance \
+                 WHERE state = 'deferred' AND trigger_timeout <= $1 AND trigger_id IS NOT NULL",
+            )
+            .bind(now)
+            .fetch_all(pool)
+            .await?;
+            if due.is_empty() {
+                return Ok(0);
+            }
+            let mut tx = pool.begin_with(self.begin_write()).await?;
+            lock_runs!(tx, self, due.iter().map(|d| d.2).collect());
+            let dag_ids: BTreeSet<&str> = due.iter().map(|d| d.3.as_str()).collect();
+            let specs = dag_tasks!(tx, dag_ids.into_iter().collect());
+            let mut touched = Vec::new();
+            for (id, trigger_id, _, dag_id, task_id, try_number) in &due {
+                let delay = specs
+                    .get(dag_id)
+                    .and_then(|t| t.iter().find(|s| &s.task_id == task_id))
+                    .map_or(Duration::ZERO, |s| s.retry_delay_after(try_u32(*try_number)));
+                if let Some(run) = fail_deferred!(tx, *id, *trigger_id, delay, "trigger timeout", now) {
+                    touched.push(run);
+                }
+            }
+            touched.sort_unstable();
+            touched.dedup();
+            advance_runs!(tx, &touched, now);
+            tx.commit().await?;
+            Ok(due.len())
+        })
+    }
+
+    /// Fails the task deferred on `trigger_id` because its trigger keeps failing (`reason`
+    /// says how). Nothing happens for a watcher's trigger.
+    pub async fn fail_task_trigger(&self, trigger_id: i64, reason: &str) -> Result<bool> {
+        let now = crate::time::now();
+        with_db!(self, pool => {
+            let waiting: Option<(TaskInstanceId, i64, String, String, i64)> = sqlx::query_as(
+                "SELECT id, dag_run_id, dag_id, task_id, try_number FROM task_instance \
+                 WHERE state = 'deferred' AND trigger_id = $1",
+            )
+            .bind(trigger_id)
+            .fetch_optional(pool)
+            .await?;
+            let Some((id, run, dag_id, task_id, try_number)) = waiting else {
+                return Ok(false);
+            };
+            let mut tx = pool.begin_with(self.begin_write()).await?;
+            lock_runs!(tx, self, vec![run]);
+            let specs = dag_tasks!(tx, vec![dag_id.as_str()]);
+            let delay = specs
+                .get(&dag_id)
+                .and_then(|t| t.iter().find(|s| s.task_id == task_id))
+                .map_or(Duration::ZERO, |s| s.retry_delay_after(try_u32(try_number)));
+            let failed = fail_deferred!(tx, id, trigger_id, delay, reason, now);
+            if let Some(run) = failed {
+                advance_runs!(tx, &[run], now);
+            }
+            tx.commit().await?;
+            Ok(failed.is_some())
         })
     }
 
@@ -965,7 +1169,10 @@ impl Store {
         task_id: &str,
         state: TaskInstanceState,
     ) -> Result<Option<TaskInstanceState>> {
-        if !matches!(state, TaskInstanceState::Success | TaskInstanceState::Failed) {
+        if !matches!(
+            state,
+            TaskInstanceState::Success | TaskInstanceState::Failed
+        ) {
             return Err(StoreError::Invalid(format!(
                 "a task instance is marked `success` or `failed`, not `{state}`"
             )));
@@ -985,9 +1192,17 @@ impl Store {
                 return Err(unknown_task!(tx, run, dag_id, run_id, task_id));
             };
             let previous = parse_state(previous)?;
+            // A deferred task's trigger goes with its deferral.
+            sqlx::query(
+                "DELETE FROM trigger WHERE id = (SELECT trigger_id FROM task_instance WHERE id = $1)",
+            )
+            .bind(ti)
+            .execute(&mut *tx)
+            .await?;
             sqlx::query(
                 "UPDATE task_instance SET state = $1, end_date = $2, start_date = COALESCE(start_date, $2), \
-                 queued_by_job_id = NULL, next_retry_at = NULL, updated_at = $2 WHERE id = $3",
+                 queued_by_job_id = NULL, next_retry_at = NULL, trigger_id = NULL, trigger_timeout = NULL, \
+                 next_method = NULL, next_kwargs = NULL, updated_at = $2 WHERE id = $3",
             )
             .bind(state.as_str())
             .bind(now)
@@ -1008,7 +1223,9 @@ impl Store {
 
     /// Requeued runs (`dags backfill --reprocess`) start their tasks over.
     pub(crate) fn reset_task_instances_sql() -> String {
-        format!("UPDATE task_instance SET {RESET_TASK_INSTANCE}, updated_at = $1 WHERE dag_run_id = $2")
+        format!(
+            "UPDATE task_instance SET {RESET_TASK_INSTANCE}, updated_at = $1 WHERE dag_run_id = $2"
+        )
     }
 
     /// One snapshot for `status`: processes alive since `alive_since` count as alive.
@@ -1083,4 +1300,3 @@ impl Store {
         })
     }
 }
-

@@ -24,6 +24,10 @@ impl std::fmt::Display for JobId {
 }
 
 pub const TRIGGERER_JOB: &str = "TriggererJob";
+
+/// Failures after which a deferred task's trigger fails its task (restarts back off from 1 s,
+/// doubling: about 15 s of trying).
+pub const TASK_TRIGGER_FAILURES: i64 = 5;
 pub const SCHEDULER_JOB: &str = "SchedulerJob";
 
 /// A trigger this triggerer owns and must run.
@@ -126,11 +130,13 @@ impl Store {
             }
             let sql = format!(
                 "SELECT t.id FROM trigger t \
-                 WHERE EXISTS (SELECT 1 FROM asset_watcher w WHERE w.trigger_id = t.id) \
+                 WHERE (EXISTS (SELECT 1 FROM asset_watcher w WHERE w.trigger_id = t.id) \
+                        OR EXISTS (SELECT 1 FROM task_instance ti WHERE ti.trigger_id = t.id AND ti.state = 'deferred')) \
                  AND (t.triggerer_id IS NULL OR t.triggerer_id NOT IN ( \
                      SELECT j.id FROM job j WHERE j.end_date IS NULL AND j.job_type = $1 \
                      AND j.latest_heartbeat > $2)) \
-                 ORDER BY t.created_date, t.id LIMIT $3{lock}"
+                 ORDER BY CASE WHEN EXISTS (SELECT 1 FROM task_instance ti WHERE ti.trigger_id = t.id) THEN 0 ELSE 1 END, \
+                 t.created_date, t.id LIMIT $3{lock}"
             );
             let ids: Vec<i64> = sqlx::query_scalar(&sql)
                 .bind(TRIGGERER_JOB)
@@ -196,21 +202,28 @@ impl Store {
         })
     }
 
-    /// Records why a trigger failed; shown by `triggers list`.
+    /// Records why a trigger failed; shown by `triggers list`. A deferred task's trigger that
+    /// has failed [`TASK_TRIGGER_FAILURES`] times fails its task with the error (a watcher's
+    /// goes on being restarted: the asset still needs watching).
     pub async fn record_trigger_failure(&self, trigger_id: TriggerId, error: &str) -> Result<()> {
         let now = crate::time::now();
-        with_db!(self, pool => {
-            sqlx::query(
+        let failures: Option<i64> = with_db!(self, pool => {
+            sqlx::query_scalar(
                 "UPDATE trigger SET last_error = $1, last_error_at = $2, \
-                 failure_count = failure_count + 1 WHERE id = $3",
+                 failure_count = failure_count + 1 WHERE id = $3 RETURNING failure_count",
             )
             .bind(error)
             .bind(now)
             .bind(trigger_id.get())
-            .execute(pool)
-            .await?;
-            Ok(())
-        })
+            .fetch_optional(pool)
+            .await?
+        });
+        if failures.is_some_and(|n| n >= TASK_TRIGGER_FAILURES) {
+            let reason =
+                format!("its trigger failed {TASK_TRIGGER_FAILURES} times; last error: {error}");
+            self.fail_task_trigger(trigger_id.get(), &reason).await?;
+        }
+        Ok(())
     }
 
     /// Shows a warning as the trigger's `last_error` (`warning: …`) without counting a failure

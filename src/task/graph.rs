@@ -230,6 +230,8 @@ mod tests {
             retry_delay: crate::task::DEFAULT_RETRY_DELAY,
             retry_exponential_backoff: false,
             execution_timeout: None,
+            timeout: None,
+            resume: None,
         }
     }
 
@@ -240,7 +242,11 @@ mod tests {
     #[test]
     fn a_chain_runs_in_order_and_ends_in_success() {
         use TriggerRule::AllSuccess as A;
-        let tasks = [task("a", &[], A), task("b", &["a"], A), task("c", &["b"], A)];
+        let tasks = [
+            task("a", &[], A),
+            task("b", &["a"], A),
+            task("c", &["b"], A),
+        ];
         let first = advance(&tasks, &states(&[("a", None), ("b", None), ("c", None)]));
         assert_eq!(first.scheduled, vec!["a"]);
         assert_eq!(first.run_state, None);
@@ -290,7 +296,10 @@ mod tests {
             task("a", &[], TriggerRule::AllSuccess),
             task("on_fail", &["a"], TriggerRule::OneFailed),
         ];
-        let out = advance(&tasks, &states(&[("a", Some(S::Success)), ("on_fail", None)]));
+        let out = advance(
+            &tasks,
+            &states(&[("a", Some(S::Success)), ("on_fail", None)]),
+        );
         assert_eq!(out.skipped, vec!["on_fail"]);
         assert_eq!(out.run_state, Some(DagRunState::Success));
     }
@@ -328,7 +337,10 @@ mod tests {
         assert_eq!(readiness(TriggerRule::AllDone, &[ok, none]), Wait);
         assert_eq!(readiness(TriggerRule::AllDone, &[bad, skip]), Run);
         assert_eq!(readiness(TriggerRule::OneSuccess, &[ok, running]), Run);
-        assert_eq!(readiness(TriggerRule::OneSuccess, &[bad, skip]), UpstreamFailed);
+        assert_eq!(
+            readiness(TriggerRule::OneSuccess, &[bad, skip]),
+            UpstreamFailed
+        );
         assert_eq!(readiness(TriggerRule::OneSuccess, &[skip, skip]), Skip);
         assert_eq!(readiness(TriggerRule::OneFailed, &[running, bad]), Run);
         assert_eq!(readiness(TriggerRule::OneFailed, &[ok, ok]), Skip);

@@ -44,6 +44,14 @@ pub struct TaskSpec {
     pub retry_exponential_backoff: bool,
     #[serde(with = "opt_millis", default)]
     pub execution_timeout: Option<Duration>,
+    /// How long a deferral may wait for its trigger before the task fails with `trigger
+    /// timeout` (a `wait`'s, an `airflow` run's, a command's own deferral without a timeout).
+    #[serde(with = "opt_millis", default)]
+    pub timeout: Option<Duration>,
+    /// What a command or shell task runs when it resumes after a deferral (default: itself
+    /// again, with `TRIGGERER_TRIGGER_EVENT` set).
+    #[serde(default)]
+    pub resume: Option<Vec<String>>,
 }
 
 fn default_retry_delay() -> Duration {
@@ -75,6 +83,10 @@ pub enum Operator {
     Shell { script: String },
     /// One HTTP request.
     Http(HttpCall),
+    /// A deferrable sensor: waits, holding no executor slot, until the trigger fires.
+    Wait(TriggerSpec),
+    /// A DAG run in an Apache Airflow 3, waited for without holding a slot.
+    Airflow(AirflowCall),
 }
 
 impl Operator {
@@ -84,6 +96,8 @@ impl Operator {
             Operator::Command { .. } => OperatorName::Command,
             Operator::Shell { .. } => OperatorName::Shell,
             Operator::Http(_) => OperatorName::Http,
+            Operator::Wait(_) => OperatorName::Wait,
+            Operator::Airflow(_) => OperatorName::Airflow,
         }
     }
 }
@@ -95,6 +109,8 @@ pub enum OperatorName {
     Command,
     Shell,
     Http,
+    Wait,
+    Airflow,
 }
 
 impl OperatorName {
@@ -103,8 +119,40 @@ impl OperatorName {
             OperatorName::Command => "command",
             OperatorName::Shell => "shell",
             OperatorName::Http => "http",
+            OperatorName::Wait => "wait",
+            OperatorName::Airflow => "airflow",
         }
     }
+}
+
+/// A trigger a task defers on: a provider's canonical classpath and its kwargs, `{ env =
+/// "NAME" }` references kept (the triggerer resolves them).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TriggerSpec {
+    pub classpath: String,
+    pub kwargs: Value,
+}
+
+/// An `airflow = { … }` operator (DESIGN §11).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AirflowCall {
+    /// The Airflow API server, e.g. `http://airflow:8080`.
+    pub base_url: String,
+    pub dag_id: String,
+    /// Strings or `{ env = "NAME" }`.
+    pub username: Value,
+    pub password: Value,
+    /// Sent as the Airflow run's conf, with the consumed asset events added under
+    /// `triggering_asset_events`.
+    #[serde(default)]
+    pub conf: Value,
+    /// How often the deferred trigger asks Airflow for the run's state.
+    #[serde(with = "millis", default = "default_poll_interval")]
+    pub poll_interval: Duration,
+}
+
+fn default_poll_interval() -> Duration {
+    Duration::from_secs(5)
 }
 
 /// An `http = { … }` operator.
@@ -277,10 +325,12 @@ text_enum!(TaskInstanceState, "task_instance state");
 text_enum!(TriggerRule, "trigger rule");
 
 impl OperatorName {
-    pub const ALL: [OperatorName; 3] = [
+    pub const ALL: [OperatorName; 5] = [
         OperatorName::Command,
         OperatorName::Shell,
         OperatorName::Http,
+        OperatorName::Wait,
+        OperatorName::Airflow,
     ];
 }
 text_enum!(OperatorName, "operator");
@@ -344,14 +394,22 @@ mod tests {
             retry_delay: Duration::from_secs(delay),
             retry_exponential_backoff: exponential,
             execution_timeout: None,
+            timeout: None,
+            resume: None,
         }
     }
 
     #[test]
     fn retry_delay_doubles_only_with_backoff_and_is_capped() {
-        assert_eq!(spec(30, false).retry_delay_after(3), Duration::from_secs(30));
+        assert_eq!(
+            spec(30, false).retry_delay_after(3),
+            Duration::from_secs(30)
+        );
         assert_eq!(spec(30, true).retry_delay_after(1), Duration::from_secs(30));
-        assert_eq!(spec(30, true).retry_delay_after(3), Duration::from_secs(120));
+        assert_eq!(
+            spec(30, true).retry_delay_after(3),
+            Duration::from_secs(120)
+        );
         assert_eq!(spec(30, true).retry_delay_after(400), MAX_RETRY_DELAY);
     }
 
@@ -376,7 +434,11 @@ mod tests {
         s.operator = Operator::Http(HttpCall {
             method: "POST".into(),
             url: "http://localhost:1/x".into(),
-            headers: [("Authorization".to_string(), serde_json::json!({"env": "TOKEN"}))].into(),
+            headers: [(
+                "Authorization".to_string(),
+                serde_json::json!({"env": "TOKEN"}),
+            )]
+            .into(),
             body: HttpBody::Json(serde_json::json!({"a": 1})),
             expect_status: vec![201],
             timeout: Duration::from_secs(5),

@@ -1,7 +1,8 @@
 //! The contract between the triggerer core and its providers.
 //!
 //! A *provider* (one crate under `providers/`) answers to one or more classpaths, validates the
-//! kwargs of a watcher without any I/O, and builds an [`EventTrigger`]. It implements
+//! kwargs of a trigger without any I/O, and builds an [`EventTrigger`]: repeatable (a watcher,
+//! or a deferred task's wait) or, by its [`TriggerKind`], one-shot (a task's wait only). It implements
 //! [`TypedProvider`]: its kwargs are a serde type (built from the rules in [`de`]), parsed by
 //! one function with errors naming the full path; the core holds it as a [`Provider`]. The core runs every
 //! trigger in its own task and hands it a [`TriggerContext`]: an [`EventSink`] to emit through,
@@ -37,7 +38,10 @@ pub use error::{EmitError, KwargsError, NotCommitted, TriggerError};
 pub use event::{nul_in_json, Checkpoint, Committed, Event};
 pub use id::TriggerId;
 pub use kwargs::parse_kwargs;
-pub use provider::{parse_params, EventTrigger, Provider, Refusal, TriggerContext, TypedProvider};
+pub use provider::{
+    fire_once, parse_params, EventTrigger, Provider, Refusal, TriggerContext, TriggerKind,
+    TypedProvider,
+};
 pub use sensitive::{is_sensitive_key, redact_uri, uri_passwords};
 pub use sink::{Delivery, Envelope, EventSink};
 pub use warning::{Warning, WarningSink};

@@ -1,7 +1,8 @@
 //! The traits of a provider: [`TypedProvider`] (what a provider implements: its params as a
 //! serde type, and how to build a trigger from them), [`Provider`] (the object-safe factory the
-//! core's registry holds, one per crate, derived from it) and [`EventTrigger`] (one running
-//! watcher).
+//! core's registry holds, one per crate, derived from it), [`EventTrigger`] (one running
+//! trigger) and [`TriggerKind`] (whether its triggers repeat, as a watcher needs, or fire once,
+//! as a deferred task's may).
 
 use std::collections::HashMap;
 
@@ -11,7 +12,7 @@ use serde_json::{Map, Value};
 use tokio_util::sync::CancellationToken;
 
 use crate::kwargs::parse_kwargs;
-use crate::{EventSink, KwargsError, TriggerError, TriggerId, WarningSink};
+use crate::{Event, EventSink, KwargsError, TriggerError, TriggerId, WarningSink};
 
 /// A factory for triggers of one kind. Held by the core's registry for the whole process, so it
 /// is also the place for state shared by all its triggers (one OS file watcher, one Kafka
@@ -20,6 +21,12 @@ use crate::{EventSink, KwargsError, TriggerError, TriggerId, WarningSink};
 pub trait Provider: Send + Sync + 'static {
     /// Short name, e.g. `file`; shown in logs and `triggers list`.
     fn name(&self) -> &'static str;
+
+    /// Whether this provider's triggers are repeatable (watchers and task waits) or fire once
+    /// (task waits only).
+    fn kind(&self) -> TriggerKind {
+        TriggerKind::Event
+    }
 
     /// The classpaths this provider answers to. The first is canonical: it is what the core
     /// stores, so that an Airflow alias and the short name give the same trigger identity.
@@ -65,6 +72,9 @@ pub trait TypedProvider: Send + Sync + 'static {
 
     /// Short name, e.g. `file`; shown in logs and `triggers list`.
     const NAME: &'static str;
+
+    /// See [`Provider::kind`].
+    const KIND: TriggerKind = TriggerKind::Event;
 
     /// The classpaths this provider answers to, canonical first (see [`Provider::classpaths`]).
     const CLASSPATHS: &'static [&'static str];
@@ -134,6 +144,10 @@ impl<P: TypedProvider> Provider for P {
         P::NAME
     }
 
+    fn kind(&self) -> TriggerKind {
+        P::KIND
+    }
+
     fn classpaths(&self) -> &'static [&'static str] {
         P::CLASSPATHS
     }
@@ -164,13 +178,34 @@ impl<P: TypedProvider> Provider for P {
     }
 }
 
-/// A running watcher: emits one event per external occurrence until cancelled.
+/// What a provider's triggers are (Airflow's `BaseEventTrigger` versus a plain trigger).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TriggerKind {
+    /// Repeatable: one event per external occurrence, for as long as it runs. May watch an
+    /// asset, and may be a deferred task's trigger (its first event resumes the task).
+    Event,
+    /// Fires once and is done (a moment reached, an external run finished): only a deferred
+    /// task's trigger. Its `run` emits one event with [`fire_once`].
+    OneShot,
+}
+
+/// A running trigger: emits one event per external occurrence until cancelled.
 #[async_trait]
 pub trait EventTrigger: Send + 'static {
     /// Runs until `ctx.cancel` fires (return `Ok(())`) or the trigger fails (return the error;
     /// the supervisor restarts it with backoff). An event trigger never stops on its own after
-    /// an event: it is repeatable.
+    /// an event: it is repeatable. A [`TriggerKind::OneShot`] trigger ends with [`fire_once`].
     async fn run(self: Box<Self>, ctx: TriggerContext) -> Result<(), TriggerError>;
+}
+
+/// How a one-shot trigger fires: emits `event`, waits until it is committed (the core resumes
+/// the deferred task and removes the trigger in that commit), then waits to be cancelled, which
+/// follows the removal. A trigger that stopped before its event committed is started again
+/// (a fired trigger's row is gone, so it is not).
+pub async fn fire_once(ctx: TriggerContext, event: Event) -> Result<(), TriggerError> {
+    ctx.sink.emit(event).await?;
+    ctx.cancel.cancelled().await;
+    Ok(())
 }
 
 /// What the core hands a trigger when it starts it.
