@@ -538,6 +538,12 @@ fn airflow_call(
         );
     }
     let poll_interval = match duration(&a.poll_interval, "airflow.poll_interval", error) {
+        Ok(Some(d)) if d < std::time::Duration::from_secs(1) => {
+            if let Some(p) = &a.poll_interval {
+                error(p.span(), "`airflow.poll_interval` must be at least 1s".into());
+            }
+            return None;
+        }
         Ok(d) => d.unwrap_or(std::time::Duration::from_secs(5)),
         Err(()) => return None,
     };

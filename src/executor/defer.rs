@@ -23,6 +23,18 @@ const DATE_TIME: &str = "time.DateTimeTrigger";
 #[cfg(feature = "airflow")]
 const AIRFLOW_RUN: &str = "airflow.DagRunStateTrigger";
 
+/// `now + d`, or why not (`what` names the field).
+fn later(
+    now: chrono::DateTime<chrono::Utc>,
+    d: Duration,
+    what: &str,
+) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    chrono::Duration::from_std(d)
+        .ok()
+        .and_then(|d| now.checked_add_signed(d))
+        .ok_or_else(|| format!("`{what}`: {} is too long", humantime::format_duration(d)))
+}
+
 /// What a command writes to `TRIGGERER_DEFER_FILE`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -48,8 +60,7 @@ pub(super) fn deferral(
             .and_then(Value::as_str)
             .ok_or("`time.TimeDeltaTrigger` needs `delta`")?;
         let delta = parse_duration(delta).map_err(|e| format!("`delta`: {e}"))?;
-        let moment =
-            now + chrono::Duration::from_std(delta).map_err(|e| format!("`delta`: {e}"))?;
+        let moment = later(now, delta, "delta")?;
         (
             DATE_TIME.to_string(),
             json!({ "moment": isoformat(moment) }),
@@ -58,9 +69,7 @@ pub(super) fn deferral(
         (trigger.classpath.clone(), trigger.kwargs.clone())
     };
     let timeout_at = match timeout {
-        Some(t) => {
-            Some(now + chrono::Duration::from_std(t).map_err(|e| format!("`timeout`: {e}"))?)
-        }
+        Some(t) => Some(later(now, t, "timeout")?),
         None => None,
     };
     // One trigger row per deferral: two tasks waiting on the same file each get their event.
