@@ -128,3 +128,228 @@ ensure_sqs() {
   wait_for_port 127.0.0.1 15055 60 moto
   echo "sqs: moto started on $TRIGGERER_TEST_SQS_ENDPOINT"
 }
+
+# Apache Airflow 3 for the Airflow-bridge tests: TRIGGERER_TEST_AIRFLOW_URL (with
+# TRIGGERER_TEST_AIRFLOW_USERNAME / _PASSWORD) as given, else `apache-airflow[postgres]` from PyPI
+# in .services/airflow/venv (installed once, pinned by tests/airflow/constraints-PY.txt) with
+# `airflow api-server` on 127.0.0.1:28080, `scheduler` (LocalExecutor) and `dag-processor`, the
+# metadata database `airflow_test` on the tests' PostgreSQL (made anew at each start), the DAGs of
+# tests/airflow/dags and the simple auth manager with two fixed users: triggerer/triggerer-test
+# (admin) and viewer/viewer-test (viewer). Logs: .services/airflow/logs. For the airflow CLI by
+# hand: `. .services/airflow/env; .services/airflow/venv/bin/airflow dags list`.
+AIRFLOW_VERSION="3.3.2"
+AIRFLOW_PORT=28080
+AIRFLOW_DAGS="triggerer_succeeds triggerer_fails triggerer_slow"
+AIRFLOW_PAUSED_DAGS="triggerer_paused"
+
+_airflow_dir() { echo "$PWD/.services/airflow"; }
+
+# Installs the venv unless the stamp says this version is already there and its python runs.
+_airflow_install() {
+  local dir py want constraints
+  dir=$(_airflow_dir)
+  py=$(python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+  constraints="$PWD/tests/airflow/constraints-$py.txt"
+  want="apache-airflow[postgres]==$AIRFLOW_VERSION python$py"
+  [ -f "$constraints" ] && want="$want $(sha256sum < "$constraints" | cut -c1-16)"
+  if [ -x "$dir/venv/bin/airflow" ] && [ "$(cat "$dir/installed" 2>/dev/null)" = "$want" ] \
+    && "$dir/venv/bin/python" -c '' 2>/dev/null; then
+    return 0
+  fi
+  echo "airflow: installing apache-airflow[postgres]==$AIRFLOW_VERSION into .services/airflow/venv (about a minute)"
+  local start=$SECONDS args=()
+  if [ -f "$constraints" ]; then
+    args=(--constraint "$constraints")
+  else
+    echo "airflow: no tests/airflow/constraints-$py.txt for python $py; resolving dependencies freely" >&2
+  fi
+  rm -rf "$dir/venv" "$dir/installed"
+  mkdir -p "$dir"
+  python3 -m venv "$dir/venv"
+  "$dir/venv/bin/pip" install --quiet "apache-airflow[postgres]==$AIRFLOW_VERSION" "${args[@]}" || return 1
+  echo "$want" > "$dir/installed"
+  echo "airflow: installed in $((SECONDS - start)) s"
+}
+
+# Writes .services/airflow/env, the configuration every airflow process (and a developer's
+# airflow CLI) reads, and sources it.
+_airflow_write_env() { # sqlalchemy-url
+  local dir
+  dir=$(_airflow_dir)
+  mkdir -p "$dir/home" "$dir/logs"
+  cat > "$dir/env" <<ENV
+export AIRFLOW_HOME="$dir/home"
+export AIRFLOW__CORE__DAGS_FOLDER="$PWD/tests/airflow/dags"
+export AIRFLOW__CORE__LOAD_EXAMPLES=False
+export AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION=False
+export AIRFLOW__CORE__EXECUTOR=LocalExecutor
+export AIRFLOW__CORE__PARALLELISM=4
+export AIRFLOW__CORE__AUTH_MANAGER=airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager
+export AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS=triggerer:admin,viewer:viewer
+export AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE="$dir/home/passwords.json"
+export AIRFLOW__CORE__EXECUTION_API_SERVER_URL=http://127.0.0.1:$AIRFLOW_PORT/execution/
+export AIRFLOW__DATABASE__SQL_ALCHEMY_CONN="$1"
+export AIRFLOW__API__HOST=127.0.0.1
+export AIRFLOW__API__PORT=$AIRFLOW_PORT
+export AIRFLOW__API__BASE_URL=http://127.0.0.1:$AIRFLOW_PORT
+export AIRFLOW__API__SECRET_KEY=triggerer-test-api-secret-key
+export AIRFLOW__API_AUTH__JWT_SECRET=triggerer-test-jwt-secret-not-for-production-0123456789abcdef0123456789
+export AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL=30
+export AIRFLOW__LOGGING__BASE_LOG_FOLDER="$dir/logs"
+export AIRFLOW__LOGGING__DAG_PROCESSOR_CHILD_PROCESS_LOG_DIRECTORY="$dir/logs/dag_processor"
+ENV
+  # The simple auth manager keeps {"user": "password"} here and generates only missing ones.
+  echo '{"triggerer": "triggerer-test", "viewer": "viewer-test"}' > "$dir/home/passwords.json"
+  # shellcheck disable=SC1091
+  . "$dir/env"
+}
+
+# A process's start time (clock ticks since boot), which tells it from a later one with its PID.
+_airflow_started_at() { sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f20; }
+
+# Ends airflow processes an earlier start left behind (its shell was killed before it could stop
+# them): the process groups recorded in .services/airflow/pids ("PGID START-TIME" lines) whose
+# leader is still that same process.
+_airflow_stop_leftovers() {
+  local dir pgid started
+  dir=$(_airflow_dir)
+  [ -f "$dir/pids" ] || return 0
+  while read -r pgid started; do
+    if [ -n "$started" ] && [ "$(_airflow_started_at "$pgid")" = "$started" ]; then
+      echo "airflow: stopping process group $pgid left by an earlier start"
+      kill -TERM -- "-$pgid" 2>/dev/null || true
+      for _ in $(seq 1 50); do kill -0 -- "-$pgid" 2>/dev/null || break; sleep 0.2; done
+      kill -KILL -- "-$pgid" 2>/dev/null || true
+    fi
+  done < "$dir/pids"
+  rm -f "$dir/pids"
+}
+
+# Runs the three components, each in its own process group, until it gets TERM or INT; then
+# ends the groups (their LocalExecutor workers, task and parser processes included) and exits.
+_airflow_supervise() {
+  set +e -m
+  local dir pids=() c
+  dir=$(_airflow_dir)
+  # --skip-serve-logs: no log server on 0.0.0.0:8793; the api-server reads the task logs from
+  # .services/airflow/logs itself.
+  for c in api-server "scheduler --skip-serve-logs" dag-processor; do
+    # shellcheck disable=SC2086
+    "$dir/venv/bin/airflow" $c > "$dir/logs/${c%% *}.log" 2>&1 < /dev/null &
+    pids+=("$!")
+  done
+  for c in "${pids[@]}"; do echo "$c $(_airflow_started_at "$c")"; done > "$dir/pids"
+  set +m # the groups are made; no job notices on stderr
+  trap '
+    for p in "${pids[@]}"; do kill -TERM -- "-$p" 2>/dev/null; done
+    for _ in $(seq 1 40); do _airflow_any_running "${pids[@]}" || break; sleep 0.2; done
+    for p in "${pids[@]}"; do kill -KILL -- "-$p" 2>/dev/null; done
+    wait; rm -f "$dir/pids"; exit 0' TERM INT
+  wait
+}
+
+# True while one of the PIDs runs (exited but not yet reaped counts as gone).
+_airflow_any_running() {
+  local p st
+  for p in "$@"; do
+    st=$(sed 's/.*) //' "/proc/$p/stat" 2>/dev/null | cut -d' ' -f1)
+    [ -n "$st" ] && [ "$st" != Z ] && return 0
+  done
+  return 1
+}
+
+# GET/POST/PATCH on the API with the test user's token; prints the body, fails on HTTP >= 400.
+_airflow_api() { # method path [json]
+  local token data=()
+  [ -n "${3:-}" ] && data=(-H 'Content-Type: application/json' --data "$3")
+  token=$(curl -sf -X POST "$TRIGGERER_TEST_AIRFLOW_URL/auth/token" -H 'Content-Type: application/json' \
+    --data "{\"username\":\"$TRIGGERER_TEST_AIRFLOW_USERNAME\",\"password\":\"$TRIGGERER_TEST_AIRFLOW_PASSWORD\"}" \
+    | python3 -c 'import json, sys; print(json.load(sys.stdin)["access_token"])') || return 1
+  curl -sf -X "$1" "$TRIGGERER_TEST_AIRFLOW_URL$2" -H "Authorization: Bearer $token" "${data[@]}"
+}
+
+# True when the health endpoint says the metadata database, scheduler and DAG processor are healthy.
+_airflow_healthy() {
+  curl -sf --max-time 5 "$TRIGGERER_TEST_AIRFLOW_URL/api/v2/monitor/health" 2>/dev/null | python3 -c '
+import json, sys
+h = json.load(sys.stdin)
+sys.exit(0 if all(h.get(k, {}).get("status") == "healthy" for k in ("metadatabase", "scheduler", "dag_processor")) else 1)
+' 2>/dev/null
+}
+
+# Waits until the test DAGs are parsed, then unpauses them (and pauses triggerer_paused).
+_airflow_dags_ready() { # seconds
+  local dag missing
+  for _ in $(seq 1 "$1"); do
+    missing=""
+    for dag in $AIRFLOW_DAGS $AIRFLOW_PAUSED_DAGS; do
+      _airflow_api GET "/api/v2/dags/$dag" >/dev/null 2>&1 || missing="$missing $dag"
+    done
+    [ -z "$missing" ] && break
+    sleep 1
+  done
+  if [ -n "$missing" ]; then
+    echo "airflow: DAGs not parsed within $1 s:$missing; see .services/airflow/logs/dag-processor.log" >&2
+    return 1
+  fi
+  for dag in $AIRFLOW_DAGS; do
+    _airflow_api PATCH "/api/v2/dags/$dag" '{"is_paused": false}' >/dev/null || return 1
+  done
+  for dag in $AIRFLOW_PAUSED_DAGS; do
+    _airflow_api PATCH "/api/v2/dags/$dag" '{"is_paused": true}' >/dev/null || return 1
+  done
+}
+
+ensure_airflow() {
+  if [ -n "${TRIGGERER_TEST_AIRFLOW_URL:-}" ]; then
+    export TRIGGERER_TEST_AIRFLOW_USERNAME="${TRIGGERER_TEST_AIRFLOW_USERNAME:-triggerer}"
+    export TRIGGERER_TEST_AIRFLOW_PASSWORD="${TRIGGERER_TEST_AIRFLOW_PASSWORD:-triggerer-test}"
+    echo "airflow: using TRIGGERER_TEST_AIRFLOW_URL=$TRIGGERER_TEST_AIRFLOW_URL as given"
+    return 0
+  fi
+  export TRIGGERER_TEST_AIRFLOW_URL="http://127.0.0.1:$AIRFLOW_PORT"
+  export TRIGGERER_TEST_AIRFLOW_USERNAME=triggerer TRIGGERER_TEST_AIRFLOW_PASSWORD=triggerer-test
+  export TRIGGERER_TEST_AIRFLOW_VIEWER_PASSWORD=viewer-test
+  local dir
+  dir=$(_airflow_dir)
+  if port_open 127.0.0.1 "$AIRFLOW_PORT"; then
+    # shellcheck disable=SC1091
+    [ -f "$dir/env" ] && . "$dir/env"
+    for _ in $(seq 1 60); do _airflow_healthy && break; sleep 1; done
+    if ! _airflow_healthy || ! _airflow_dags_ready 60; then
+      echo "airflow: 127.0.0.1:$AIRFLOW_PORT is taken but is no healthy Airflow with the test DAGs" >&2
+      return 1
+    fi
+    echo "airflow: already running on $TRIGGERER_TEST_AIRFLOW_URL"
+    return 0
+  fi
+  _airflow_install || return 1
+  local start=$SECONDS
+  # The metadata database: `airflow_test` on the tests' PostgreSQL, dropped and made anew so
+  # every start begins with no runs, whatever an earlier one (or another checkout) left.
+  # (ensure_postgres only when the local server is down: it also drops the tests' databases.)
+  local pg_url="${TRIGGERER_TEST_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
+  if [ -z "${TRIGGERER_TEST_POSTGRES_URL:-}" ] && ! pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then
+    ensure_postgres || return 1
+  fi
+  _airflow_stop_leftovers
+  local pg_base="${pg_url%%\?*}"
+  pg_base="${pg_base#*://}"
+  pg_base="${pg_base%%/*}"
+  psql "$pg_url" -qAt \
+    -c 'drop database if exists airflow_test with (force)' -c 'create database airflow_test' >/dev/null || return 1
+  _airflow_write_env "postgresql+psycopg2://$pg_base/airflow_test"
+  if ! "$dir/venv/bin/airflow" db migrate > "$dir/logs/db-migrate.log" 2>&1; then
+    echo "airflow: airflow db migrate failed; see .services/airflow/logs/db-migrate.log" >&2
+    return 1
+  fi
+  _airflow_supervise > "$dir/logs/supervisor.log" 2>&1 &
+  STARTED_PIDS+=("$!")
+  for _ in $(seq 1 120); do _airflow_healthy && break; sleep 1; done
+  if ! _airflow_healthy; then
+    echo "airflow: not healthy within 120 s; see .services/airflow/logs/{api-server,scheduler,dag-processor}.log" >&2
+    return 1
+  fi
+  _airflow_dags_ready 120 || return 1
+  echo "airflow: $AIRFLOW_VERSION started on $TRIGGERER_TEST_AIRFLOW_URL in $((SECONDS - start)) s (user $TRIGGERER_TEST_AIRFLOW_USERNAME)"
+}

@@ -11,6 +11,7 @@ trap stop_started_services EXIT
 ensure_postgres
 ensure_kafka
 ensure_sqs
+ensure_airflow
 
 log=$(mktemp)
 trap 'rm -f "$log"; stop_started_services' EXIT

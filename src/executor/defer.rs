@@ -130,6 +130,34 @@ pub(super) fn requested(
     deferral(claimed, &trigger, timeout)
 }
 
+/// The Airflow run id for this task's run: the same for every try, so a retried call is
+/// answered 409 and starts nothing, and different for every task and run of ours. Not our run
+/// id as it is: Airflow refuses a manual run whose id starts with a run type's prefix
+/// (`scheduled__`, `asset_triggered__`, …) and ids outside `[A-Za-z0-9_.~:+-]` or over 250
+/// characters; such characters become `-`, and an id that had to change or be cut keeps a
+/// digest of the original so that two never collide.
+#[cfg_attr(not(feature = "airflow"), allow(dead_code))]
+fn airflow_run_id(claimed: &ClaimedTry) -> String {
+    let original = format!(
+        "triggerer__{}__{}__{}",
+        claimed.dag_id, claimed.task_id, claimed.run_id
+    );
+    let allowed = |c: char| c.is_ascii_alphanumeric() || "_.~:+-".contains(c);
+    let mut id: String = original
+        .chars()
+        .map(|c| if allowed(c) { c } else { '-' })
+        .collect();
+    while id.contains("..") {
+        id = id.replace("..", ".-");
+    }
+    if id == original && id.len() <= 250 {
+        return id;
+    }
+    let digest = &trigger_hash("airflow_run_id", &Value::String(original))[..12];
+    id.truncate(236);
+    format!("{id}__{digest}")
+}
+
 /// Without the `airflow` feature there is no Airflow client to call.
 #[cfg(not(feature = "airflow"))]
 pub(super) async fn start_airflow_run(
@@ -183,15 +211,16 @@ pub(super) async fn start_airflow_run(
         crate::task::DEFAULT_HTTP_TIMEOUT,
     )
     .map_err(|e| e.to_string())?;
+    let airflow_run_id = airflow_run_id(claimed);
     let triggered = client
-        .trigger_dag_run(&call.dag_id, &claimed.run_id, &Value::Object(conf))
+        .trigger_dag_run(&call.dag_id, &airflow_run_id, &Value::Object(conf))
         .await
         .map_err(|e| e.to_string())?;
     let _ = writeln!(
         log,
         "[triggerer] Airflow DAG `{}` run `{}` at {}: {}",
         call.dag_id,
-        claimed.run_id,
+        airflow_run_id,
         crate::secrets::redact_uri(&call.base_url),
         match triggered {
             triggerer_provider_airflow::Triggered::Created => "triggered",
@@ -205,7 +234,7 @@ pub(super) async fn start_airflow_run(
         kwargs: json!({
             "base_url": call.base_url,
             "dag_id": call.dag_id,
-            "dag_run_id": claimed.run_id,
+            "dag_run_id": airflow_run_id,
             "username": call.username,
             "password": call.password,
             "poll_interval": humantime::format_duration(call.poll_interval).to_string(),
