@@ -14,6 +14,7 @@ use super::args::{
 };
 use super::output::print_rows;
 use crate::dag_run::DagRunState;
+use crate::executor::ExecutorOptions;
 use crate::names;
 use crate::registry::ProviderRegistry;
 use crate::scheduler::{self, SchedulerOptions};
@@ -22,7 +23,6 @@ use crate::service::{self, ServiceOptions};
 use crate::store::{ManualRun, NewEvent, Origin, Store};
 use crate::sync::{self, SyncOptions};
 use crate::time::{isoformat, parse_rfc3339};
-use crate::executor::ExecutorOptions;
 use crate::triggerer::TriggererOptions;
 
 pub(crate) async fn dispatch(
