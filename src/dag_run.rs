@@ -104,7 +104,11 @@ macro_rules! text_enum {
     };
 }
 
-text_enum!(DagRunState, "dag_run state", [Queued, Running, Success, Failed]);
+text_enum!(
+    DagRunState,
+    "dag_run state",
+    [Queued, Running, Success, Failed]
+);
 text_enum!(
     DagRunType,
     "dag_run run type",

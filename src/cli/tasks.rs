@@ -124,5 +124,13 @@ pub(crate) async fn status(
         "\ntasks: {} executable, {} starving (no open slot), {} deferred",
         status.tasks_executable, status.tasks_starving, status.deferred_tasks
     );
+    let by_state: Vec<String> = status
+        .task_instances
+        .iter()
+        .map(|(state, n)| format!("{state} {n}"))
+        .collect();
+    if !by_state.is_empty() {
+        println!("task instances: {}", by_state.join(", "));
+    }
     Ok(())
 }

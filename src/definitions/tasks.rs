@@ -540,7 +540,10 @@ fn airflow_call(
     let poll_interval = match duration(&a.poll_interval, "airflow.poll_interval", error) {
         Ok(Some(d)) if d < std::time::Duration::from_secs(1) => {
             if let Some(p) = &a.poll_interval {
-                error(p.span(), "`airflow.poll_interval` must be at least 1s".into());
+                error(
+                    p.span(),
+                    "`airflow.poll_interval` must be at least 1s".into(),
+                );
             }
             return None;
         }

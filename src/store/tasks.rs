@@ -169,6 +169,8 @@ pub struct Status {
     pub tasks_executable: i64,
     /// Of those, how many no alive executor has a free slot for now.
     pub tasks_starving: i64,
+    /// Every task instance, counted by state (`none` for no state yet).
+    pub task_instances: std::collections::BTreeMap<String, i64>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -1248,6 +1250,7 @@ impl Store {
                 deferred_tasks: 0,
                 tasks_executable: 0,
                 tasks_starving: 0,
+                task_instances: Default::default(),
             };
             for row in jobs {
                 let heartbeat: DateTime<Utc> = row.try_get("latest_heartbeat")?;
@@ -1278,16 +1281,18 @@ impl Store {
                     });
                 }
             }
-            let counts: Vec<(String, i64)> = sqlx::query_as(
-                "SELECT state, count(*) FROM task_instance WHERE state IN ('scheduled', 'deferred') GROUP BY state",
-            )
-            .fetch_all(pool)
-            .await?;
+            let counts: Vec<(Option<String>, i64)> =
+                sqlx::query_as("SELECT state, count(*) FROM task_instance GROUP BY state")
+                    .fetch_all(pool)
+                    .await?;
             for (state, n) in counts {
-                match state.as_str() {
-                    "scheduled" => status.tasks_executable = n,
-                    _ => status.deferred_tasks = n,
+                let state = parse_state(state)?;
+                match state {
+                    Some(TaskInstanceState::Scheduled) => status.tasks_executable = n,
+                    Some(TaskInstanceState::Deferred) => status.deferred_tasks = n,
+                    _ => {}
                 }
+                status.task_instances.insert(TaskInstanceState::name(state).to_string(), n);
             }
             let open: i64 = status
                 .executors

@@ -60,7 +60,9 @@ pub async fn run(
     committed: Arc<Notify>,
 ) -> Result<(), StoreError> {
     let hostname = gethostname::gethostname().to_string_lossy().into_owned();
-    let job_id = store.create_job(TRIGGERER_JOB, &hostname, Some(options.capacity)).await?;
+    let job_id = store
+        .create_job(TRIGGERER_JOB, &hostname, Some(options.capacity))
+        .await?;
     info!(job_id = %job_id, capacity = options.capacity, "triggerer started");
 
     let (events, writer) =
