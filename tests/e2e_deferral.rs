@@ -15,356 +15,16 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 
-use common::{KillOnDrop, BIN};
-
-/// Runs `$scenario(env)` on a fresh SQLite database and, with the `integration-postgres`
-/// feature, on a fresh PostgreSQL database.
-macro_rules! e2e {
-    ($name:ident, $scenario:ident) => {
-        mod $name {
-            #[test]
-            fn sqlite() {
-                super::$scenario(super::Env::sqlite());
-            }
-
-            #[cfg(feature = "integration-postgres")]
-            #[test]
-            fn postgres() {
-                super::$scenario(super::Env::postgres());
-            }
-        }
-    };
-}
-
-type Env = common::Workspace;
-
-const TERMINAL_RUN_STATES: [&str; 2] = ["success", "failed"];
+use common::tasks::{with_bad_dag, Env, GOOD_DEFS};
 
 impl Env {
-    #[cfg(feature = "integration-postgres")]
-    fn postgres() -> Self {
-        let runtime = tokio::runtime::Runtime::new().expect("runtime");
-        let (store, url) = runtime.block_on(common::postgres_store());
-        runtime.block_on(store.close());
-        Self::new(tempfile::tempdir().expect("temp dir"), url)
-    }
-
-    /// The test's directory, as text for definitions and scripts.
-    fn root(&self) -> String {
-        self.dir.path().display().to_string()
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    /// The directory `--dags` points at.
-    fn dags_dir(&self) -> PathBuf {
-        self.path("dags")
-    }
-
-    /// Writes `text` as the definitions in [`Env::dags_dir`] (not synced).
-    fn write_dags(&self, text: &str) -> PathBuf {
-        std::fs::create_dir_all(self.dags_dir()).expect("dags dir");
-        common::write_file(&self.dags_dir(), "dags.toml", text)
-    }
-
-    /// Writes and syncs `text` as the definitions.
-    fn sync(&self, text: &str) {
-        let path = self.write_dags(text);
-        self.ok(&["dags", "sync", path.to_str().expect("utf-8 path")]);
-    }
-
-    /// Starts `triggerer ARGS`, its stderr (the log) in `NAME.log`.
-    fn spawn(&self, name: &str, args: &[&str]) -> KillOnDrop {
-        let log = std::fs::File::create(self.path(&format!("{name}.log"))).expect("log file");
-        KillOnDrop(
-            Command::new(BIN)
-                .args(args)
-                .env("TRIGGERER_DATABASE_URL", &self.db_url)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .unwrap_or_else(|e| panic!("start triggerer {args:?}: {e}")),
-        )
-    }
-
-    /// `standalone --dags DIR --parallelism N` with a fast heartbeat, after writing (and
-    /// syncing: other commands run meanwhile, and two commands migrating a fresh SQLite
-    /// database at once can fail) `text` as the definitions.
-    fn standalone(&self, text: &str, parallelism: u32) -> KillOnDrop {
-        self.sync(text);
-        let dags = self.dags_dir();
-        let parallelism = parallelism.to_string();
-        self.spawn(
-            "standalone",
-            &[
-                "standalone",
-                "--dags",
-                dags.to_str().expect("utf-8"),
-                "--parallelism",
-                &parallelism,
-                "--heartbeat-interval",
-                "0.5",
-                // Generous: on a loaded 2-core machine a late heartbeat must not count as death.
-                "--health-check-threshold",
-                "10",
-            ],
-        )
-    }
-
-    fn trigger(&self, dag: &str, run_id: &str) {
-        self.ok(&["dags", "trigger", dag, "--run-id", run_id]);
-    }
-
-    fn runs(&self, dag: &str) -> Vec<Value> {
-        self.json(&["runs", "list", "--dag", dag, "--limit", "0", "--json"])
-    }
-
-    fn find_run(&self, dag: &str, run_id: &str) -> Option<Value> {
-        self.runs(dag).into_iter().find(|r| r["run_id"] == run_id)
-    }
-
-    fn tasks(&self, dag: &str, run_id: &str) -> Vec<Value> {
-        self.json(&["tasks", "list", dag, run_id, "--json"])
-    }
-
-    fn task(&self, dag: &str, run_id: &str, task_id: &str) -> Value {
-        let tasks = self.tasks(dag, run_id);
-        tasks
-            .iter()
-            .find(|t| t["task_id"] == task_id)
-            .unwrap_or_else(|| panic!("task {task_id} in `tasks list {dag} {run_id}`: {tasks:#?}"))
-            .clone()
-    }
-
-    /// `tasks logs DAG RUN TASK [--try N]`, which must succeed.
-    fn logs(&self, dag: &str, run_id: &str, task_id: &str, try_number: Option<u32>) -> String {
-        let n = try_number.map(|n| n.to_string());
-        let mut args = vec!["tasks", "logs", dag, run_id, task_id];
-        if let Some(n) = &n {
-            args.extend(["--try", n.as_str()]);
-        }
-        self.ok(&args)
-    }
-
     /// `triggers list --json`.
     fn triggers(&self) -> Vec<Value> {
         self.json(&["triggers", "list", "--json"])
-    }
-
-    /// `status --json`: one object.
-    fn status(&self) -> Value {
-        serde_json::from_str(&self.ok(&["status", "--json"])).expect("status --json: one object")
-    }
-
-    /// The lines of a file the tasks write (none when it does not exist yet).
-    fn lines(&self, name: &str) -> Vec<String> {
-        std::fs::read_to_string(self.path(name))
-            .unwrap_or_default()
-            .lines()
-            .map(str::to_string)
-            .collect()
-    }
-
-    /// The last lines of every process log in the test's directory.
-    fn process_logs(&self) -> String {
-        let mut logs: Vec<PathBuf> = std::fs::read_dir(self.dir.path())
-            .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
-            .unwrap_or_default();
-        logs.retain(|p| p.extension().is_some_and(|e| e == "log"));
-        logs.sort();
-        let mut out = String::new();
-        for log in logs {
-            let text = std::fs::read_to_string(&log).unwrap_or_default();
-            let lines: Vec<&str> = text.lines().collect();
-            let tail = &lines[lines.len().saturating_sub(25)..];
-            out.push_str(&format!(
-                "\n--- {} (last {} lines) ---\n{}\n",
-                log.display(),
-                tail.len(),
-                tail.join("\n")
-            ));
-        }
-        out
-    }
-
-    /// What a failing wait prints: the run, its tasks, their latest logs, the triggers, the
-    /// status and the process logs.
-    fn diagnose(&self, dag: &str, run_id: &str) -> String {
-        let mut out = String::new();
-        let text = |args: &[&str]| {
-            let o = self.run(args);
-            format!(
-                "{}{}",
-                String::from_utf8_lossy(&o.stdout),
-                String::from_utf8_lossy(&o.stderr)
-            )
-        };
-        out.push_str(&format!(
-            "runs list: {}\n",
-            text(&["runs", "list", "--dag", dag, "--limit", "0", "--json"])
-        ));
-        let tasks = self.run(&["tasks", "list", dag, run_id, "--json"]);
-        out.push_str(&format!(
-            "tasks list {dag} {run_id}: {}{}\n",
-            String::from_utf8_lossy(&tasks.stdout),
-            String::from_utf8_lossy(&tasks.stderr)
-        ));
-        let listed: Vec<Value> = serde_json::from_slice(&tasks.stdout).unwrap_or_default();
-        for t in listed {
-            let task_id = t["task_id"].as_str().unwrap_or_default();
-            out.push_str(&format!(
-                "--- tasks logs {task_id} ---\n{}\n",
-                text(&["tasks", "logs", dag, run_id, task_id])
-            ));
-        }
-        out.push_str(&format!(
-            "triggers list: {}\n",
-            text(&["triggers", "list", "--json"])
-        ));
-        out.push_str(&format!("status: {}\n", text(&["status", "--json"])));
-        out.push_str(&self.process_logs());
-        out
-    }
-
-    /// Polls until `check` holds; fails after `secs` with `diagnose()`.
-    fn wait_for(
-        &self,
-        what: &str,
-        secs: u64,
-        mut check: impl FnMut() -> bool,
-        diagnose: impl Fn() -> String,
-    ) {
-        let deadline = Instant::now() + Duration::from_secs(secs);
-        loop {
-            if check() {
-                return;
-            }
-            if Instant::now() > deadline {
-                panic!(
-                    "timed out after {secs} s waiting for {what}\n{}",
-                    diagnose()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(250));
-        }
-    }
-
-    /// Waits until the run is in `state`; fails at once when it ends in the other end state.
-    fn wait_run(&self, dag: &str, run_id: &str, state: &str, secs: u64) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(secs);
-        loop {
-            if let Some(run) = self.find_run(dag, run_id) {
-                let now = run["state"].as_str().unwrap_or_default();
-                if now == state {
-                    return run;
-                }
-                if TERMINAL_RUN_STATES.contains(&now) {
-                    panic!(
-                        "run {dag}/{run_id} ended `{now}`, expected `{state}`\n{}",
-                        self.diagnose(dag, run_id)
-                    );
-                }
-            }
-            if Instant::now() > deadline {
-                panic!(
-                    "run {dag}/{run_id} not `{state}` within {secs} s\n{}",
-                    self.diagnose(dag, run_id)
-                );
-            }
-            std::thread::sleep(Duration::from_millis(250));
-        }
-    }
-
-    /// Waits until every run of `dag` in `run_ids` has ended; fails when one did not succeed.
-    fn wait_all_success(&self, dag: &str, run_ids: &[String], secs: u64) {
-        let last: std::cell::RefCell<Vec<Value>> = Default::default();
-        self.wait_for(
-            &format!("{} runs of {dag} to end", run_ids.len()),
-            secs,
-            || {
-                let runs: Vec<Value> = serde_json::from_slice(
-                    &self
-                        .run(&["runs", "list", "--dag", dag, "--limit", "0", "--json"])
-                        .stdout,
-                )
-                .unwrap_or_default();
-                let ended = run_ids.iter().all(|id| {
-                    runs.iter().any(|r| {
-                        r["run_id"] == id.as_str()
-                            && TERMINAL_RUN_STATES.contains(&r["state"].as_str().unwrap_or(""))
-                    })
-                });
-                *last.borrow_mut() = runs;
-                ended
-            },
-            || {
-                let last = last.borrow();
-                let pending = pending_runs(&last, run_ids);
-                format!(
-                    "runs by state: {:?}; not ended: {pending:?}; marks: {:?}\n{}",
-                    by_state(&last),
-                    self.lines("marks"),
-                    self.diagnose(dag, pending.first().map_or("none", |s| s.as_str()))
-                )
-            },
-        );
-        let last = last.into_inner();
-        let failed: Vec<&Value> = last.iter().filter(|r| r["state"] != "success").collect();
-        assert!(
-            failed.is_empty(),
-            "every run succeeds: {failed:#?}\n{}",
-            self.diagnose(dag, failed[0]["run_id"].as_str().unwrap_or_default())
-        );
-    }
-
-    /// Waits until `status --json` satisfies `check`; the status it saw.
-    fn wait_status(&self, what: &str, secs: u64, check: impl Fn(&Value) -> bool) -> Value {
-        let seen = std::cell::RefCell::new(Value::Null);
-        self.wait_for(
-            what,
-            secs,
-            || {
-                let out = self.run(&["status", "--json"]);
-                let status: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-                let ok = check(&status);
-                *seen.borrow_mut() = status;
-                ok
-            },
-            || {
-                format!(
-                    "last status: {:#}\ntriggers: {}\n{}",
-                    seen.borrow(),
-                    String::from_utf8_lossy(&self.run(&["triggers", "list", "--json"]).stdout),
-                    self.process_logs()
-                )
-            },
-        );
-        seen.into_inner()
-    }
-
-    /// Waits until the file `name` has at least `n` lines.
-    fn wait_lines(&self, name: &str, n: usize, secs: u64, dag: &str, run_id: &str) {
-        self.wait_for(
-            &format!("{n} line(s) in {name}"),
-            secs,
-            || self.lines(name).len() >= n,
-            || {
-                format!(
-                    "{name}: {:?}\n{}",
-                    self.lines(name),
-                    self.diagnose(dag, run_id)
-                )
-            },
-        );
     }
 
     /// Writes the file a task's file trigger waits for, complete when it appears: written
@@ -374,30 +34,6 @@ impl Env {
         std::fs::write(&hidden, text).expect("write file");
         std::fs::rename(&hidden, self.path(&format!("in/{name}"))).expect("rename into place");
     }
-}
-
-/// Run states and how many runs are in each.
-fn by_state(runs: &[Value]) -> std::collections::BTreeMap<String, usize> {
-    let mut m = std::collections::BTreeMap::new();
-    for r in runs {
-        *m.entry(r["state"].as_str().unwrap_or("?").to_string())
-            .or_default() += 1;
-    }
-    m
-}
-
-/// The runs of `run_ids` not ended in `runs`.
-fn pending_runs(runs: &[Value], run_ids: &[String]) -> Vec<String> {
-    run_ids
-        .iter()
-        .filter(|id| {
-            !runs.iter().any(|r| {
-                r["run_id"] == id.as_str()
-                    && TERMINAL_RUN_STATES.contains(&r["state"].as_str().unwrap_or(""))
-            })
-        })
-        .cloned()
-        .collect()
 }
 
 /// Seconds since the epoch, as `date +%s.%N` writes them.
@@ -518,7 +154,7 @@ fn thirty_deferred_file_tasks(env: Env) {
     let root = env.root();
     std::fs::create_dir_all(env.path("in")).expect("in dir");
     std::fs::create_dir_all(env.path("events")).expect("events dir");
-    let _standalone = env.standalone(&file_deferring_dag(&root, "files"), 2);
+    let _standalone = env.standalone(&file_deferring_dag(&root, "files"), &["--parallelism", "2"]);
     let run_ids: Vec<String> = (0..RUNS).map(|r| format!("r{r:02}")).collect();
     for id in &run_ids {
         env.trigger("files", id);
@@ -621,7 +257,7 @@ command = ["sh", "-c", "echo 'the command, deferring'; echo '{{\"classpath\": \"
 resume = ["sh", "-c", "echo \"resume argv, try $TRIGGERER_TRY_NUMBER\"; printf '%s' \"$TRIGGERER_TRIGGER_EVENT\" > {root}/resume_event.json"]
 "#
     );
-    let _standalone = env.standalone(&defs, 2);
+    let _standalone = env.standalone(&defs, &["--parallelism", "2"]);
     env.trigger("nap", "r1");
     env.trigger("nap_resume", "r1");
     env.wait_lines("deferred_at", 1, 30, "nap", "r1");
@@ -750,7 +386,7 @@ task_id = "t"
 shell = '''if [ -n "$TRIGGERER_TRIGGER_EVENT" ]; then echo resumed >> "{root}/resumed"; else printf '{{"classpath": "file.FileTrigger", "kwargs": {{"filepath": "%s/in/nor-this.ready"}}, "timeout": "2s"}}' "{root}" > "$TRIGGERER_DEFER_FILE"; fi'''
 "#
     );
-    let _standalone = env.standalone(&defs, 2);
+    let _standalone = env.standalone(&defs, &["--parallelism", "2"]);
     env.trigger("never", "r1");
     env.trigger("never_retried", "r1");
     env.trigger("never_shell", "r1");
@@ -825,16 +461,7 @@ fn kill_9_triggerer(env: Env) {
         "3",
     ];
     let _scheduler = env.spawn("scheduler", &["scheduler"]);
-    let _executor = env.spawn(
-        "executor",
-        &[
-            "executor",
-            "--heartbeat-interval",
-            "1",
-            "--health-check-threshold",
-            "3",
-        ],
-    );
+    let _executor = env.executor("executor", &[]);
     let mut a = env.spawn("triggerer-a", &triggerer_args);
     let run_ids: Vec<String> = (0..RUNS).map(|r| format!("r{r:02}")).collect();
     for id in &run_ids {
@@ -899,15 +526,6 @@ e2e!(
 //    defer file fails its task and everything else goes on.
 // ---------------------------------------------------------------------------------------------
 
-const GOOD_DEFS: &str = r#"
-[[dag]]
-dag_id = "good"
-
-[[dag.task]]
-task_id = "a"
-shell = "true"
-"#;
-
 /// A bad `wait` task: its lines after `task_id`, appended to valid DAGs as the DAG `bad`.
 struct BadWait {
     what: &'static str,
@@ -948,10 +566,7 @@ fn bad_input(env: Env) {
     env.sync(GOOD_DEFS);
     let before = env.json(&["dags", "list", "--json"]);
     for case in BAD_WAITS {
-        let text = format!(
-            "{GOOD_DEFS}\n[[dag]]\ndag_id = \"extra\"\n\n[[dag]]\ndag_id = \"bad\"\n\n[[dag.task]]\ntask_id = \"w\"\n{}",
-            case.lines
-        );
+        let text = with_bad_dag(&format!("[[dag.task]]\ntask_id = \"w\"\n{}", case.lines));
         let bad_lines: Vec<usize> = text
             .lines()
             .enumerate()
@@ -962,35 +577,7 @@ fn bad_input(env: Env) {
             })
             .map(|(i, _)| i + 1)
             .collect();
-        let path = common::write_file(env.dir.path(), "bad.toml", &text);
-        let out = env.run(&["dags", "sync", path.to_str().expect("utf-8")]);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(
-            out.status.code(),
-            Some(1),
-            "{}: sync must fail with exit 1; stderr: {stderr}\n{text}",
-            case.what
-        );
-        assert!(
-            bad_lines
-                .iter()
-                .any(|l| stderr.contains(&format!("{}:{l}: ", path.display()))),
-            "{}: `file:line: message` at one of lines {bad_lines:?}; stderr: {stderr}\n{text}",
-            case.what
-        );
-        for alternatives in case.words {
-            assert!(
-                alternatives.iter().any(|w| stderr.contains(w)),
-                "{}: one of {alternatives:?} in the message: {stderr}",
-                case.what
-            );
-        }
-        assert_eq!(
-            env.json(&["dags", "list", "--json"]),
-            before,
-            "{}: a failed sync writes nothing",
-            case.what
-        );
+        env.assert_sync_refused(case.what, &text, &bad_lines, case.words, &before);
     }
 
     // At run time: defer files that are not JSON, name an unknown classpath or bad kwargs fail
@@ -1027,7 +614,7 @@ task_id = "t"
 shell = '''echo "$TRIGGERER_RUN_ID" >> "{root}/fine"'''
 "#
     );
-    let _standalone = env.standalone(&defs, 1);
+    let _standalone = env.standalone(&defs, &["--parallelism", "1"]);
     for dag in ["garbage", "unknown", "badkwargs", "fine"] {
         env.trigger(dag, "r1");
     }
@@ -1097,7 +684,7 @@ task_id = "t"
 shell = '''date +%s.%N > "{root}/plain_at"'''
 "#
     );
-    let _standalone = env.standalone(&defs, 1);
+    let _standalone = env.standalone(&defs, &["--parallelism", "1"]);
     env.trigger("sleeper", "r1");
     env.wait_lines("deferred_at", 1, 30, "sleeper", "r1");
     env.trigger("plain", "r1");
@@ -1146,23 +733,16 @@ fn deferred_survives_its_executor(env: Env) {
     std::fs::create_dir_all(env.path("in")).expect("in dir");
     std::fs::create_dir_all(env.path("events")).expect("events dir");
     env.sync(&file_deferring_dag(&root, "files"));
-    let executor_args = [
-        "executor",
-        "--heartbeat-interval",
-        "1",
-        "--health-check-threshold",
-        "3",
-    ];
     let _scheduler = env.spawn("scheduler", &["scheduler"]);
     let _triggerer = env.spawn("triggerer", &["run", "--heartbeat-interval", "1"]);
-    let mut a = env.spawn("executor-a", &executor_args);
+    let mut a = env.executor("executor-a", &[]);
     let run_ids: Vec<String> = (0..3).map(|r| format!("r{r:02}")).collect();
     for id in &run_ids {
         env.trigger("files", id);
     }
     env.wait_status("3 deferred tasks", 60, |s| s["deferred_tasks"] == 3);
     a.kill(); // SIGKILL while its tasks are deferred
-    let _b = env.spawn("executor-b", &executor_args);
+    let _b = env.executor("executor-b", &[]);
     // Past A's health threshold: had A's deferred tasks counted as its tries, they would be
     // failed over by now.
     env.wait_for(

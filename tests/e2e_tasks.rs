@@ -13,282 +13,16 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+use common::tasks::{with_bad_dag, Env, GOOD_DEFS};
 use common::{KillOnDrop, BIN};
 
-/// Runs `$scenario(env)` on a fresh SQLite database and, with the `integration-postgres`
-/// feature, on a fresh PostgreSQL database.
-macro_rules! e2e {
-    ($name:ident, $scenario:ident) => {
-        mod $name {
-            #[test]
-            fn sqlite() {
-                super::$scenario(super::Env::sqlite());
-            }
-
-            #[cfg(feature = "integration-postgres")]
-            #[test]
-            fn postgres() {
-                super::$scenario(super::Env::postgres());
-            }
-        }
-    };
-}
-
-type Env = common::Workspace;
-
-const TERMINAL_RUN_STATES: [&str; 2] = ["success", "failed"];
-
 impl Env {
-    #[cfg(feature = "integration-postgres")]
-    fn postgres() -> Self {
-        let runtime = tokio::runtime::Runtime::new().expect("runtime");
-        let (store, url) = runtime.block_on(common::postgres_store());
-        runtime.block_on(store.close());
-        Self::new(tempfile::tempdir().expect("temp dir"), url)
-    }
-
-    /// The test's directory, as text for definitions and scripts.
-    fn root(&self) -> String {
-        self.dir.path().display().to_string()
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    /// The directory `--dags` points at.
-    fn dags_dir(&self) -> PathBuf {
-        self.path("dags")
-    }
-
-    /// Writes `text` as the definitions in [`Env::dags_dir`] (not synced).
-    fn write_dags(&self, text: &str) -> PathBuf {
-        std::fs::create_dir_all(self.dags_dir()).expect("dags dir");
-        common::write_file(&self.dags_dir(), "dags.toml", text)
-    }
-
-    /// Writes and syncs `text` as the definitions.
-    fn sync(&self, text: &str) {
-        let path = self.write_dags(text);
-        self.ok(&["dags", "sync", path.to_str().expect("utf-8 path")]);
-    }
-
-    /// Starts `triggerer ARGS`, its stderr (the log) in `NAME.log`.
-    fn spawn(&self, name: &str, args: &[&str]) -> KillOnDrop {
-        let log = std::fs::File::create(self.path(&format!("{name}.log"))).expect("log file");
-        KillOnDrop(
-            Command::new(BIN)
-                .args(args)
-                .env("TRIGGERER_DATABASE_URL", &self.db_url)
-                // The HTTP tasks call a server on loopback: never through a proxy.
-                .env("NO_PROXY", "127.0.0.1,localhost")
-                .env("no_proxy", "127.0.0.1,localhost")
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .unwrap_or_else(|e| panic!("start triggerer {args:?}: {e}")),
-        )
-    }
-
-    /// `standalone --dags DIR` with a fast heartbeat, after writing `text` as the definitions.
-    /// Sync first when the test runs other commands meanwhile: two commands migrating a fresh
-    /// SQLite database at once can fail.
-    fn standalone(&self, text: &str) -> KillOnDrop {
-        let dags = self.write_dags(text);
-        let dags = dags.parent().expect("dags dir").to_str().expect("utf-8");
-        self.spawn(
-            "standalone",
-            &[
-                "standalone",
-                "--dags",
-                dags,
-                "--heartbeat-interval",
-                "0.5",
-                // Generous: on a loaded 2-core machine a late heartbeat must not count as death.
-                "--health-check-threshold",
-                "10",
-            ],
-        )
-    }
-
-    /// `executor` with a 1 s heartbeat and a 3 s health threshold, plus `extra`.
-    fn executor(&self, name: &str, extra: &[&str]) -> KillOnDrop {
-        let mut args = vec![
-            "executor",
-            "--heartbeat-interval",
-            "1",
-            "--health-check-threshold",
-            "3",
-        ];
-        args.extend_from_slice(extra);
-        self.spawn(name, &args)
-    }
-
-    fn trigger(&self, dag: &str, run_id: &str) {
-        self.ok(&["dags", "trigger", dag, "--run-id", run_id]);
-    }
-
-    fn runs(&self, dag: &str) -> Vec<Value> {
-        self.json(&["runs", "list", "--dag", dag, "--limit", "0", "--json"])
-    }
-
-    fn find_run(&self, dag: &str, run_id: &str) -> Option<Value> {
-        self.runs(dag).into_iter().find(|r| r["run_id"] == run_id)
-    }
-
-    fn tasks(&self, dag: &str, run_id: &str) -> Vec<Value> {
-        self.json(&["tasks", "list", dag, run_id, "--json"])
-    }
-
-    fn task(&self, dag: &str, run_id: &str, task_id: &str) -> Value {
-        let tasks = self.tasks(dag, run_id);
-        tasks
-            .iter()
-            .find(|t| t["task_id"] == task_id)
-            .unwrap_or_else(|| panic!("task {task_id} in `tasks list {dag} {run_id}`: {tasks:#?}"))
-            .clone()
-    }
-
-    /// `tasks logs DAG RUN TASK [--try N]`, which must succeed.
-    fn logs(&self, dag: &str, run_id: &str, task_id: &str, try_number: Option<u32>) -> String {
-        let n = try_number.map(|n| n.to_string());
-        let mut args = vec!["tasks", "logs", dag, run_id, task_id];
-        if let Some(n) = &n {
-            args.extend(["--try", n.as_str()]);
-        }
-        self.ok(&args)
-    }
-
-    /// The lines of a file the tasks write (none when it does not exist yet).
-    fn lines(&self, name: &str) -> Vec<String> {
-        std::fs::read_to_string(self.path(name))
-            .unwrap_or_default()
-            .lines()
-            .map(str::to_string)
-            .collect()
-    }
-
-    /// The last lines of every process log in the test's directory.
-    fn process_logs(&self) -> String {
-        let mut logs: Vec<PathBuf> = std::fs::read_dir(self.dir.path())
-            .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
-            .unwrap_or_default();
-        logs.retain(|p| p.extension().is_some_and(|e| e == "log"));
-        logs.sort();
-        let mut out = String::new();
-        for log in logs {
-            let text = std::fs::read_to_string(&log).unwrap_or_default();
-            let lines: Vec<&str> = text.lines().collect();
-            let tail = &lines[lines.len().saturating_sub(25)..];
-            out.push_str(&format!(
-                "\n--- {} (last {} lines) ---\n{}\n",
-                log.display(),
-                tail.len(),
-                tail.join("\n")
-            ));
-        }
-        out
-    }
-
-    /// What a failing wait prints: the run, its tasks, their latest logs, the process logs.
-    fn diagnose(&self, dag: &str, run_id: &str) -> String {
-        let mut out = String::new();
-        let runs = self.run(&["runs", "list", "--dag", dag, "--limit", "0", "--json"]);
-        out.push_str(&format!(
-            "runs list: {}{}\n",
-            String::from_utf8_lossy(&runs.stdout),
-            String::from_utf8_lossy(&runs.stderr)
-        ));
-        let tasks = self.run(&["tasks", "list", dag, run_id, "--json"]);
-        out.push_str(&format!(
-            "tasks list: {}{}\n",
-            String::from_utf8_lossy(&tasks.stdout),
-            String::from_utf8_lossy(&tasks.stderr)
-        ));
-        let listed: Vec<Value> = serde_json::from_slice(&tasks.stdout).unwrap_or_default();
-        for t in listed {
-            let task_id = t["task_id"].as_str().unwrap_or_default();
-            let log = self.run(&["tasks", "logs", dag, run_id, task_id]);
-            out.push_str(&format!(
-                "--- tasks logs {task_id} ---\n{}{}\n",
-                String::from_utf8_lossy(&log.stdout),
-                String::from_utf8_lossy(&log.stderr)
-            ));
-        }
-        out.push_str(&self.process_logs());
-        out
-    }
-
-    /// Polls until `check` holds; fails after `secs` with `diagnose()`.
-    fn wait_for(
-        &self,
-        what: &str,
-        secs: u64,
-        mut check: impl FnMut() -> bool,
-        diagnose: impl Fn() -> String,
-    ) {
-        let deadline = Instant::now() + Duration::from_secs(secs);
-        loop {
-            if check() {
-                return;
-            }
-            if Instant::now() > deadline {
-                panic!(
-                    "timed out after {secs} s waiting for {what}\n{}",
-                    diagnose()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(250));
-        }
-    }
-
-    /// Waits until the run is in `state`; fails at once when it ends in the other end state.
-    fn wait_run(&self, dag: &str, run_id: &str, state: &str, secs: u64) -> Value {
-        self.wait_run_state(dag, run_id, state, secs, true)
-    }
-
-    /// Waits until the run is in `state`; with `fail_fast`, fails at once when it ended in the
-    /// other end state (without: it may still be on its way, as after `tasks set-state`).
-    fn wait_run_state(
-        &self,
-        dag: &str,
-        run_id: &str,
-        state: &str,
-        secs: u64,
-        fail_fast: bool,
-    ) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(secs);
-        loop {
-            if let Some(run) = self.find_run(dag, run_id) {
-                let now = run["state"].as_str().unwrap_or_default();
-                if now == state {
-                    return run;
-                }
-                if fail_fast && TERMINAL_RUN_STATES.contains(&now) {
-                    panic!(
-                        "run {dag}/{run_id} ended `{now}`, expected `{state}`\n{}",
-                        self.diagnose(dag, run_id)
-                    );
-                }
-            }
-            if Instant::now() > deadline {
-                panic!(
-                    "run {dag}/{run_id} not `{state}` within {secs} s\n{}",
-                    self.diagnose(dag, run_id)
-                );
-            }
-            std::thread::sleep(Duration::from_millis(250));
-        }
-    }
-
     /// Waits until the task instance is in `state`.
     fn wait_task(&self, dag: &str, run_id: &str, task_id: &str, state: &str, secs: u64) -> Value {
         let mut last = Value::Null;
@@ -308,27 +42,6 @@ impl Env {
             || self.diagnose(dag, run_id),
         );
         last
-    }
-
-    /// Waits until the file `name` has at least `n` lines.
-    fn wait_lines(&self, name: &str, n: usize, secs: u64, dag: &str, run_id: &str) {
-        self.wait_for(
-            &format!("{n} line(s) in {name}"),
-            secs,
-            || self.lines(name).len() >= n,
-            || {
-                format!(
-                    "{name}: {:?}\n{}",
-                    self.lines(name),
-                    self.diagnose(dag, run_id)
-                )
-            },
-        );
-    }
-
-    /// `status --json`: one object.
-    fn status(&self) -> Value {
-        serde_json::from_str(&self.ok(&["status", "--json"])).expect("status --json: one object")
     }
 }
 
@@ -354,7 +67,10 @@ fn gone_within(pid: u32, secs: u64) -> bool {
     true
 }
 
-fn pid_in(line: &str) -> u32 {
+/// Waits until a task of `dag`/`run_id` has written a pid in the file `name`; the first.
+fn wait_pid(env: &Env, name: &str, dag: &str, run_id: &str) -> u32 {
+    env.wait_lines(name, 1, 30, dag, run_id);
+    let line = &env.lines(name)[0];
     line.trim()
         .parse()
         .unwrap_or_else(|e| panic!("a pid, not `{line}`: {e}"))
@@ -419,8 +135,7 @@ depends_on = ["b"]
 shell = '''echo "$TRIGGERER_TASK_ID $TRIGGERER_RUN_ID" >> "{root}/order"'''
 "#
     );
-    env.sync(&defs);
-    let _standalone = env.standalone(&defs);
+    let _standalone = env.standalone(&defs, &[]);
 
     let mut run_id = String::new();
     env.wait_for(
@@ -543,8 +258,7 @@ retry_delay = "1s"
 shell = '''n=$(cat "{root}/count" 2>/dev/null || echo 0); n=$((n + 1)); echo "$n" > "{root}/count"; echo "try $TRIGGERER_TRY_NUMBER of flaky (attempt $n)"; printf '%s' "$TRIGGERER_CONF" > "{root}/conf.json"; echo "$TRIGGERER_LOGICAL_DATE" > "{root}/logical_date"; if [ "$n" -lt 3 ]; then echo "failing on try $TRIGGERER_TRY_NUMBER" >&2; exit 1; fi'''
 "#
     );
-    env.sync(&defs);
-    let _standalone = env.standalone(&defs);
+    let _standalone = env.standalone(&defs, &[]);
     env.ok(&[
         "dags",
         "trigger",
@@ -663,8 +377,7 @@ command = ["echo", "argv, no shell:", "$TRIGGERER_RUN_ID"]
         rules_dag(&root, "fails", 1),
         rules_dag(&root, "passes", 0),
     );
-    env.sync(&defs);
-    let _standalone = env.standalone(&defs);
+    let _standalone = env.standalone(&defs, &[]);
     for dag in ["fails", "passes", "handled"] {
         env.trigger(dag, "r1");
     }
@@ -728,11 +441,9 @@ execution_timeout = "2s"
 shell = '''sleep 600 & echo $! > "{root}/child.pid"; echo "started the sleeper"; wait'''
 "#
     );
-    env.sync(&defs);
-    let _standalone = env.standalone(&defs);
+    let _standalone = env.standalone(&defs, &[]);
     env.trigger("slow", "r1");
-    env.wait_lines("child.pid", 1, 30, "slow", "r1");
-    let child = pid_in(&env.lines("child.pid")[0]);
+    let child = wait_pid(&env, "child.pid", "slow", "r1");
     let task = env.wait_task("slow", "r1", "sleepy", "failed", 30);
     env.wait_run("slow", "r1", "failed", 30);
     assert_eq!(task["try_number"], 1, "{task}");
@@ -783,8 +494,7 @@ shell = '''echo "c $TRIGGERER_TRY_NUMBER" >> "{root}/c.marks"'''
 fn clearing(env: Env) {
     let root = env.root();
     let defs = chain_dag(&root, "chain");
-    env.sync(&defs);
-    let _standalone = env.standalone(&defs);
+    let _standalone = env.standalone(&defs, &[]);
     env.trigger("chain", "r1");
     env.wait_run("chain", "r1", "success", 60);
     assert_eq!(
@@ -867,11 +577,9 @@ task_id = "long"
 shell = '''echo $$ >> "{root}/started"; sleep 30; echo done >> "{root}/marks"'''
 "#
     );
-    env.sync(&defs);
-    let _standalone = env.standalone(&defs);
+    let _standalone = env.standalone(&defs, &[]);
     env.trigger("hold", "r1");
-    env.wait_lines("started", 1, 30, "hold", "r1");
-    let pid = pid_in(&env.lines("started")[0]);
+    let pid = wait_pid(&env, "started", "hold", "r1");
     env.wait_task("hold", "r1", "long", "running", 10);
     let err = env.fails(&["tasks", "clear", "hold", "r1", "long"]);
     assert!(err.contains("long"), "names the running task: {err}");
@@ -923,14 +631,41 @@ shell = '''echo $$ >> "{root}/started"; sleep {sleep}; echo done >> "{root}/mark
     )
 }
 
+/// Syncs [`one_slow_task`], starts a scheduler and `executor-a` (with `extra`) and triggers the
+/// run `r1`: the scheduler, the executor and the pid of the first try, once it started.
+fn start_one_slow_task(
+    env: &Env,
+    dag: &str,
+    retries: u32,
+    sleep: u32,
+    extra: &[&str],
+) -> (KillOnDrop, KillOnDrop, u32) {
+    env.sync(&one_slow_task(&env.root(), dag, retries, sleep));
+    let scheduler = env.spawn("scheduler", &["scheduler"]);
+    let a = env.executor("executor-a", extra);
+    env.trigger(dag, "r1");
+    let first = wait_pid(env, "started", dag, "r1");
+    (scheduler, a, first)
+}
+
+/// Starts `executor-b`, which runs the task of [`start_one_slow_task`] again to success: its
+/// second start and the only one that finished. The task.
+fn finish_on_executor_b(env: &Env, dag: &str) -> Value {
+    let _b = env.executor("executor-b", &[]);
+    env.wait_run(dag, "r1", "success", 60);
+    let task = env.task(dag, "r1", "slow");
+    assert_eq!(task["state"], "success", "{task}");
+    assert_eq!(env.lines("started").len(), 2, "{:?}", env.lines("started"));
+    assert_eq!(
+        env.lines("marks"),
+        vec!["done"],
+        "only the second try finished"
+    );
+    task
+}
+
 fn kill_9_failover(env: Env) {
-    let root = env.root();
-    env.sync(&one_slow_task(&root, "victim", 1, 4));
-    let _scheduler = env.spawn("scheduler", &["scheduler"]);
-    let mut a = env.executor("executor-a", &[]);
-    env.trigger("victim", "r1");
-    env.wait_lines("started", 1, 30, "victim", "r1");
-    let first = pid_in(&env.lines("started")[0]);
+    let (_scheduler, mut a, first) = start_one_slow_task(&env, "victim", 1, 4, &[]);
 
     a.kill(); // SIGKILL: no shutdown path runs
     assert!(
@@ -943,17 +678,8 @@ fn kill_9_failover(env: Env) {
         "the first try (pid {first}) outlived its executor's kill -9 and finished: {:?}",
         env.lines("marks")
     );
-    let _b = env.executor("executor-b", &[]);
-    env.wait_run("victim", "r1", "success", 60);
-    let task = env.task("victim", "r1", "slow");
-    assert_eq!(task["state"], "success", "{task}");
+    let task = finish_on_executor_b(&env, "victim");
     assert_eq!(task["try_number"], 2, "the lost try counts: {task}");
-    assert_eq!(env.lines("started").len(), 2, "{:?}", env.lines("started"));
-    assert_eq!(
-        env.lines("marks"),
-        vec!["done"],
-        "only the second try finished"
-    );
 }
 e2e!(kill_9_of_an_executor_fails_its_task_over, kill_9_failover);
 
@@ -962,30 +688,15 @@ e2e!(kill_9_of_an_executor_fails_its_task_over, kill_9_failover);
 // ---------------------------------------------------------------------------------------------
 
 fn sigterm_hand_back(env: Env) {
-    let root = env.root();
-    env.sync(&one_slow_task(&root, "graceful", 0, 6));
-    let _scheduler = env.spawn("scheduler", &["scheduler"]);
-    let mut a = env.executor("executor-a", &["--grace-period", "1"]);
-    env.trigger("graceful", "r1");
-    env.wait_lines("started", 1, 30, "graceful", "r1");
-    let first = pid_in(&env.lines("started")[0]);
+    let (_scheduler, mut a, first) =
+        start_one_slow_task(&env, "graceful", 0, 6, &["--grace-period", "1"]);
 
-    let seen = std::cell::RefCell::new(Value::Null);
-    env.wait_for(
-        "status to show the executor running one task",
-        15,
-        || {
-            let status = env.status();
-            let running = status["executors"].as_array().is_some_and(|e| {
-                e.iter()
-                    .any(|x| x["alive"] == true && x["running_tasks"] == 1)
-            });
-            *seen.borrow_mut() = status;
-            running
-        },
-        || format!("status: {:#}\n{}", seen.borrow(), env.process_logs()),
-    );
-    let status = seen.into_inner();
+    let status = env.wait_status("status to show the executor running one task", 15, |s| {
+        s["executors"].as_array().is_some_and(|e| {
+            e.iter()
+                .any(|x| x["alive"] == true && x["running_tasks"] == 1)
+        })
+    });
     for key in [
         "triggerers",
         "deferred_tasks",
@@ -1026,12 +737,7 @@ fn sigterm_hand_back(env: Env) {
         "handed back, to run again: {task}"
     );
 
-    let _b = env.executor("executor-b", &[]);
-    env.wait_run("graceful", "r1", "success", 60);
-    let task = env.task("graceful", "r1", "slow");
-    assert_eq!(task["state"], "success", "{task}");
-    assert_eq!(env.lines("started").len(), 2, "{:?}", env.lines("started"));
-    assert_eq!(env.lines("marks"), vec!["done"]);
+    finish_on_executor_b(&env, "graceful");
 }
 e2e!(
     sigterm_of_an_executor_hands_its_task_back,
@@ -1109,15 +815,6 @@ const BAD_CASES: &[BadCase] = &[
     },
 ];
 
-const GOOD_DEFS: &str = r#"
-[[dag]]
-dag_id = "good"
-
-[[dag.task]]
-task_id = "a"
-shell = "true"
-"#;
-
 /// Runs `triggerer ARGS` and kills it if it has not exited within `secs`: exit status and
 /// stderr.
 fn run_bounded(env: &Env, args: &[&str], secs: u64) -> (Option<i32>, String) {
@@ -1146,10 +843,7 @@ fn bad_input(env: Env) {
     env.sync(GOOD_DEFS);
     let before = env.json(&["dags", "list", "--json"]);
     for case in BAD_CASES {
-        let text = format!(
-            "{GOOD_DEFS}\n[[dag]]\ndag_id = \"extra\"\n\n[[dag]]\ndag_id = \"bad\"\n\n{}",
-            case.tasks
-        );
+        let text = with_bad_dag(case.tasks);
         let bad_start = text.find("dag_id = \"bad\"").expect("bad dag");
         let first_bad_line = text[..bad_start].lines().count();
         let accepted: Vec<usize> = text
@@ -1160,34 +854,7 @@ fn bad_input(env: Env) {
             })
             .map(|(i, _)| i + 1)
             .collect();
-        let path = common::write_file(env.dir.path(), "bad.toml", &text);
-        let out = env.run(&["dags", "sync", path.to_str().expect("utf-8")]);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(
-            out.status.code(),
-            Some(1),
-            "{}: sync must fail with exit 1; stderr: {stderr}\n{text}",
-            case.what
-        );
-        let at = |line: &usize| format!("{}:{line}: ", path.display());
-        assert!(
-            accepted.iter().any(|l| stderr.contains(&at(l))),
-            "{}: `file:line: message` with line in {accepted:?}; stderr: {stderr}\n{text}",
-            case.what
-        );
-        for alternatives in case.words {
-            assert!(
-                alternatives.iter().any(|w| stderr.contains(w)),
-                "{}: one of {alternatives:?} in the message: {stderr}",
-                case.what
-            );
-        }
-        assert_eq!(
-            env.json(&["dags", "list", "--json"]),
-            before,
-            "{}: a failed sync writes nothing",
-            case.what
-        );
+        env.assert_sync_refused(case.what, &text, &accepted, case.words, &before);
     }
 
     // Bad command lines.
@@ -1323,8 +990,7 @@ task_id = "load"
 http = {{ method = "POST", url = "http://127.0.0.1:{port}/fail", json = {{ a = 2 }}, timeout = "5s" }}
 "#
     );
-    env.sync(&defs);
-    let _standalone = env.standalone(&defs);
+    let _standalone = env.standalone(&defs, &[]);
     env.trigger("http_ok", "r1");
     env.trigger("http_bad", "r1");
 
@@ -1399,45 +1065,12 @@ fn two_executors_share_a_thousand_tasks_on_postgres() {
     let _a = env.spawn("executor-a", &["executor", "--parallelism", "16"]);
     let _b = env.spawn("executor-b", &["executor", "--parallelism", "16"]);
     let started = Instant::now();
-    for r in 0..RUNS {
-        env.trigger("many", &format!("r{r:03}"));
+    let run_ids: Vec<String> = (0..RUNS).map(|r| format!("r{r:03}")).collect();
+    for id in &run_ids {
+        env.trigger("many", id);
     }
-    env.wait_for(
-        "every run to end",
-        300,
-        || {
-            let runs = env.runs("many");
-            runs.len() == RUNS
-                && runs
-                    .iter()
-                    .all(|r| TERMINAL_RUN_STATES.contains(&r["state"].as_str().unwrap_or("")))
-        },
-        || {
-            format!(
-                "{} marks; runs by state: {:?}\n{}",
-                env.lines("marks").len(),
-                env.runs("many")
-                    .iter()
-                    .map(|r| r["state"].as_str().unwrap_or("?").to_string())
-                    .fold(
-                        std::collections::BTreeMap::<String, usize>::new(),
-                        |mut m, s| {
-                            *m.entry(s).or_default() += 1;
-                            m
-                        }
-                    ),
-                env.process_logs()
-            )
-        },
-    );
+    env.wait_all_success("many", &run_ids, 300);
     let elapsed = started.elapsed();
-    let runs = env.runs("many");
-    let failed: Vec<&Value> = runs.iter().filter(|r| r["state"] != "success").collect();
-    assert!(
-        failed.is_empty(),
-        "every run succeeds: {failed:#?}\n{}",
-        env.diagnose("many", failed[0]["run_id"].as_str().unwrap_or_default())
-    );
     let marks = env.lines("marks");
     let distinct: BTreeSet<&String> = marks.iter().collect();
     let expected: BTreeSet<String> = (0..RUNS)

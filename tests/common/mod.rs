@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod tasks;
+
 use std::path::PathBuf;
 
 use triggerer::store::Store;
