@@ -127,6 +127,8 @@ pub async fn serve(
         }
     });
     let committed = Arc::new(Notify::new());
+    // The executor wakes the triggerer when tasks deferred (their triggers are new rows).
+    let deferred = Arc::new(Notify::new());
     if let Some(triggerer_options) = options.triggerer {
         let run = triggerer::run(
             store.clone(),
@@ -134,6 +136,7 @@ pub async fn serve(
             triggerer_options,
             stop.clone(),
             committed.clone(),
+            deferred.clone(),
         );
         tasks.spawn(async move { ("triggerer", run.await.map_err(ServiceError::from)) });
     }
@@ -148,6 +151,7 @@ pub async fn serve(
             stop.clone(),
             tasks_ready.clone(),
             committed.clone(),
+            deferred,
         );
         tasks.spawn(async move { ("executor", run.await.map_err(ServiceError::from)) });
     }

@@ -9,7 +9,7 @@ use triggerer::definitions::load_str;
 use crate::{progress, Args, Engine, FreshDb};
 
 /// Process `pid`'s resident memory (bytes) and the CPU time it has used.
-fn rss_and_cpu(pid: u32) -> Result<(u64, Duration)> {
+pub(crate) fn rss_and_cpu(pid: u32) -> Result<(u64, Duration)> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let rss_kib: u64 = status
         .lines()
@@ -35,7 +35,7 @@ fn rss_and_cpu(pid: u32) -> Result<(u64, Duration)> {
 }
 
 /// The `triggerer` binary built next to this one (`scripts/bench.sh` builds both).
-fn triggerer_binary() -> Result<std::path::PathBuf> {
+pub(crate) fn triggerer_binary() -> Result<std::path::PathBuf> {
     let exe = std::env::current_exe()?;
     let binary = exe.with_file_name("triggerer");
     anyhow::ensure!(

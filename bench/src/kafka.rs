@@ -183,6 +183,8 @@ impl Running {
             TriggererOptions::default(),
             shutdown.clone(),
             committed.clone(),
+            // No executor here: no task defers.
+            std::sync::Arc::new(tokio::sync::Notify::new()),
         ))];
         if with_scheduler {
             tasks.push(tokio::spawn(scheduler::run(

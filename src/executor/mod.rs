@@ -99,7 +99,8 @@ struct InFlight {
 /// Runs the executor until `shutdown` fires and its tries are finished or handed back.
 /// `tasks_ready` wakes it when the scheduler in this process scheduled task instances, and
 /// `committed` when the triggerer in this process committed (a deferred task may have resumed);
-/// it notifies `committed` itself when a batch ended runs (the scheduler's wake).
+/// it notifies `committed` itself when a batch ended runs (the scheduler's wake), and `deferred`
+/// when a batch deferred tasks (the triggerer's wake, to claim their triggers at once).
 pub async fn run(
     store: Store,
     registry: ProviderRegistry,
@@ -107,6 +108,7 @@ pub async fn run(
     shutdown: CancellationToken,
     tasks_ready: Arc<Notify>,
     committed: Arc<Notify>,
+    deferred: Arc<Notify>,
 ) -> Result<(), ExecutorError> {
     let hostname = gethostname::gethostname().to_string_lossy().into_owned();
     let job_id = store
@@ -146,8 +148,14 @@ pub async fn run(
     let mut store_failing = false;
     loop {
         if !pending.is_empty() {
+            let deferring = pending.iter().any(|u| {
+                matches!(u, TryUpdate::Ended(EndedTry { end: TryEnd::Deferred(_), .. }))
+            });
             match store.record_tries(job_id, &hostname, &pending).await {
                 Ok(recorded) => {
+                    if deferring {
+                        deferred.notify_one();
+                    }
                     for (update, applied) in pending.iter().zip(&recorded.applied) {
                         if let (TryUpdate::Ended(e), false) = (update, applied) {
                             warn!(task_instance = %e.id, try_number = e.try_number, outcome = %e.outcome,

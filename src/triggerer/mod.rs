@@ -58,6 +58,7 @@ pub async fn run(
     options: TriggererOptions,
     shutdown: CancellationToken,
     committed: Arc<Notify>,
+    deferred: Arc<Notify>,
 ) -> Result<(), StoreError> {
     let hostname = gethostname::gethostname().to_string_lossy().into_owned();
     let job_id = store
@@ -79,6 +80,15 @@ pub async fn run(
         tokio::select! {
             _ = shutdown.cancelled() => break,
             report = supervisor.next_report() => supervisor.on_report(report).await,
+            // A task deferred in this process: its trigger is claimed now, not at the next tick
+            // (a 1 s delay would be most of a short deferral's latency).
+            _ = deferred.notified() => {
+                if writer.health.failing().is_none() && last_heartbeat_ok.elapsed() <= options.health_threshold {
+                    if let Err(e) = sync_assignment(&store, &mut supervisor, job_id, &options).await {
+                        warn!(error = %e, "cannot refresh trigger assignment; keeping the current set");
+                    }
+                }
+            }
             _ = ticker.tick() => {
                 supervisor.abort_overdue();
                 // A triggerer whose events cannot commit is not alive in any way that matters:
