@@ -49,10 +49,11 @@ fn definitions(files: &std::path::Path) -> String {
 /// Fills the database with `n` deferred task instances and their trigger rows.
 async fn fill_deferred(engine: Engine, url: &str, n: i64, files: &std::path::Path) -> Result<()> {
     let now = triggerer::time::now();
-    let file_kwargs = serde_json::json!({ "filepath": format!("{}/never/*.x", files.display()) })
-        .to_string();
+    let file_kwargs =
+        serde_json::json!({ "filepath": format!("{}/never/*.x", files.display()) }).to_string();
     let time_kwargs = r#"{"moment":"2100-01-01T00:00:00Z"}"#;
-    let triggers = "SELECT CASE WHEN n % 2 = 0 THEN 'time.DateTimeTrigger' ELSE 'file.FileTrigger' END, \
+    let triggers =
+        "SELECT CASE WHEN n % 2 = 0 THEN 'time.DateTimeTrigger' ELSE 'file.FileTrigger' END, \
          CASE WHEN n % 2 = 0 THEN $2 ELSE $3 END, 'bench-' || n, $4 FROM seq";
     let runs = "SELECT CASE WHEN n % 2 = 0 THEN 'waits' ELSE 'files' END, 'r' || n, 'manual', \
          'running', $2, CONF, $2, $2 FROM seq";
@@ -195,7 +196,13 @@ fn fired_and_resumed(log: &str) -> Option<(DateTime<Utc>, DateTime<Utc>)> {
         .next()
         .and_then(|m| DateTime::parse_from_rfc3339(m).ok())?
         .with_timezone(&Utc);
-    let clock: f64 = log.split("clock=").nth(1)?.split_whitespace().next()?.parse().ok()?;
+    let clock: f64 = log
+        .split("clock=")
+        .nth(1)?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
     let resumed = DateTime::from_timestamp_micros((clock * 1e6) as i64)?;
     Some((moment, resumed))
 }
@@ -220,7 +227,8 @@ pub async fn bench_resume_latency(engine: Engine, args: &Args) -> Result<()> {
     };
     let (controls, steering) = service::controls();
     let store = db.store.clone();
-    let serving = tokio::spawn(async move { service::serve(&store, &registry, options, steering).await });
+    let serving =
+        tokio::spawn(async move { service::serve(&store, &registry, options, steering).await });
     // At 20 runs a second, as a steady stream of deferring tasks.
     let mut tick = tokio::time::interval(Duration::from_millis(50));
     for i in 0..runs {
@@ -239,14 +247,21 @@ pub async fn bench_resume_latency(engine: Engine, args: &Args) -> Result<()> {
     loop {
         let done = db
             .store
-            .list_runs(Some("resume"), Some(triggerer::dag_run::DagRunState::Success), 0)
+            .list_runs(
+                Some("resume"),
+                Some(triggerer::dag_run::DagRunState::Success),
+                0,
+            )
             .await?
             .len();
         progress(&format!("{name}: resume latency: {done}/{runs} runs done"));
         if done >= runs {
             break;
         }
-        anyhow::ensure!(Instant::now() < deadline, "only {done} of {runs} runs ended within 300 s");
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "only {done} of {runs} runs ended within 300 s"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let mut samples = Vec::with_capacity(runs);

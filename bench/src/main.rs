@@ -2,24 +2,22 @@
 //! fresh database (a temporary SQLite file, or a new PostgreSQL database that is dropped after).
 //! Timings are printed, never asserted: the machines are shared and noisy.
 //!
-//! So far it measures watcher density (N file watchers in one triggerer: time until all have
-//! started, resident memory, idle CPU) and the scheduler (creating the runs of 10,000 due DAGs,
-//! and one pass over 100,000 DAGs when nothing is due).
-
-//! `triggerer-bench`: the figures in `docs/benchmarks.md`, measured through the library on a
-//! fresh database (a temporary SQLite file, or a new PostgreSQL database that is dropped after).
-//! Timings are printed, never asserted: the machines are shared and noisy.
-//!
 //! - [`density`]: N idle file watchers in one triggerer (start-up time, memory, idle CPU);
 //! - [`kafka`]: events/s from a Kafka backlog to committed asset events, and produce → commit →
 //!   run latency at a fixed rate;
-//! - [`scheduler`]: runs for N due DAGs, and one pass over N DAGs when nothing is due.
+//! - [`scheduler`]: runs for N due DAGs, and one pass over N DAGs when nothing is due;
+//! - [`tasks`]: tasks/s through a scheduler and an executor, upstream success → downstream
+//!   process latency at a fixed rate, and an idle pass over 1,000,000 finished task instances;
+//! - [`deferral`]: 100,000 deferred `wait` tasks in one triggerer (memory, idle CPU, open
+//!   executor slots), and trigger fired → resumed command latency.
 //!
 //! `scripts/bench.sh` starts what it needs (PostgreSQL, the Kafka test broker) and runs it.
 
+mod deferral;
 mod density;
 mod kafka;
 mod scheduler;
+mod tasks;
 
 use anyhow::{Context, Result};
 use clap::{Parser, ValueEnum};
@@ -31,6 +29,8 @@ enum Part {
     Density,
     Kafka,
     Scheduler,
+    Tasks,
+    Deferral,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -43,7 +43,7 @@ enum Engine {
 #[command(about = "Measure triggerer; prints one line per figure")]
 struct Args {
     /// What to measure (everything by default).
-    #[arg(long, value_enum, num_args = 1.., default_values_t = [Part::Density, Part::Kafka, Part::Scheduler])]
+    #[arg(long, value_enum, num_args = 1.., default_values_t = [Part::Density, Part::Kafka, Part::Scheduler, Part::Tasks, Part::Deferral])]
     part: Vec<Part>,
     /// Watcher counts for the density figures.
     #[arg(long, num_args = 1.., default_values_t = [1_000, 10_000, 100_000])]
@@ -89,6 +89,30 @@ struct Args {
     /// expires (Kafka answers as soon as data arrives), so its 500 ms default would be measured.
     #[arg(long, default_value_t = 10)]
     fetch_wait_ms: u32,
+    /// Manual runs for the task throughput figure.
+    #[arg(long, default_value_t = 1_000)]
+    task_runs: usize,
+    /// Independent `true` tasks a run for the task throughput figure.
+    #[arg(long, default_value_t = 10)]
+    tasks_per_run: usize,
+    /// `max_active_runs` of the throughput DAG (default: none set, so 16).
+    #[arg(long)]
+    task_max_active_runs: Option<i64>,
+    /// Runs per second (of two chained tasks each) for the task latency figure.
+    #[arg(long, default_value_t = 25)]
+    task_rate: u32,
+    /// How long runs are triggered at `task_rate`.
+    #[arg(long, default_value_t = 20)]
+    task_latency_seconds: u32,
+    /// Finished task instances in the table for the idle-pass figure.
+    #[arg(long, default_value_t = 1_000_000)]
+    finished_task_instances: usize,
+    /// Deferred `wait` tasks held by one triggerer for the deferral density figure.
+    #[arg(long, default_value_t = 100_000)]
+    deferred: usize,
+    /// Deferring runs (at 20 a second) for the resume latency figure.
+    #[arg(long, default_value_t = 200)]
+    resume_runs: usize,
 }
 
 /// A fresh database, removed when dropped (PostgreSQL: dropped by [`FreshDb::remove`]).
@@ -182,6 +206,15 @@ async fn main() -> Result<()> {
         }
         if args.part.contains(&Part::Scheduler) {
             scheduler::bench_scheduler(engine, &args).await?;
+        }
+        if args.part.contains(&Part::Tasks) {
+            tasks::bench_throughput(engine, &args).await?;
+            tasks::bench_latency(engine, &args).await?;
+            tasks::bench_idle_pass(engine, &args).await?;
+        }
+        if args.part.contains(&Part::Deferral) {
+            deferral::bench_deferred_density(engine, &args).await?;
+            deferral::bench_resume_latency(engine, &args).await?;
         }
     }
     Ok(())

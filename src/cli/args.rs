@@ -39,6 +39,13 @@ pub struct Cli {
     pub command: Command,
 }
 
+impl Cli {
+    /// Whether this is the executor's `task-shim`, which runs no service and opens no database.
+    pub fn is_task_shim(&self) -> bool {
+        matches!(self.command, Command::TaskShim { .. })
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// DAG definitions and runs.

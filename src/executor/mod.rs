@@ -147,9 +147,19 @@ pub async fn run(
     let mut deadline: Option<Instant> = None;
     let mut store_failing = false;
     loop {
+        // Listening before the work below: a commit notified meanwhile still wakes the wait.
+        let committed_meanwhile = committed.notified();
+        tokio::pin!(committed_meanwhile);
+        committed_meanwhile.as_mut().enable();
         if !pending.is_empty() {
             let deferring = pending.iter().any(|u| {
-                matches!(u, TryUpdate::Ended(EndedTry { end: TryEnd::Deferred(_), .. }))
+                matches!(
+                    u,
+                    TryUpdate::Ended(EndedTry {
+                        end: TryEnd::Deferred(_),
+                        ..
+                    })
+                )
             });
             match store.record_tries(job_id, &hostname, &pending).await {
                 Ok(recorded) => {
@@ -212,7 +222,7 @@ pub async fn run(
             }
             _ = tasks_ready.notified(), if deadline.is_none() => {}
             // A triggerer's commit may have fired a deferred task's trigger.
-            _ = committed.notified(), if deadline.is_none() => {}
+            _ = &mut committed_meanwhile, if deadline.is_none() => {}
             _ = tokio::time::sleep(retry_soon.unwrap_or(options.poll_interval)), if deadline.is_none() || store_failing => {}
             _ = shutdown.cancelled(), if deadline.is_none() => {
                 info!(running = tries.len(), grace_period = ?options.grace_period,

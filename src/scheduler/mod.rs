@@ -97,6 +97,11 @@ pub async fn run(
     refresh_next_dagruns(&store, options.now.unwrap_or_else(crate::time::now)).await?;
     let mut last_heartbeat = Instant::now();
     loop {
+        // Listening before the pass: a commit notified while the pass runs (`notify_waiters`
+        // keeps no permit) must still wake the next wait, or it waits for the tick.
+        let woken = wake.notified();
+        tokio::pin!(woken);
+        woken.as_mut().enable();
         let now = options.now.unwrap_or_else(crate::time::now);
         // A pass that did work may have left more due (a catchup backlog creates one slot per
         // DAG per pass): go again at once. An idle scheduler waits for the next tick or commit.
@@ -137,7 +142,7 @@ pub async fn run(
         }
         tokio::select! {
             _ = shutdown.cancelled() => break,
-            _ = wake.notified() => {}
+            _ = &mut woken => {}
             _ = tokio::time::sleep(options.pass_interval) => {}
         }
     }

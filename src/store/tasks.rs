@@ -603,7 +603,7 @@ impl Store {
         with_db!(self, pool => {
             let mut tx = pool.begin_with(self.begin_write()).await?;
             let ids: Vec<i64> = sqlx::query_scalar(&format!(
-                "SELECT id FROM dag_run WHERE tasks_changed = TRUE ORDER BY id LIMIT 500{lock}"
+                "SELECT id FROM dag_run WHERE tasks_changed ORDER BY id LIMIT 500{lock}"
             ))
             .fetch_all(&mut *tx)
             .await?;
