@@ -427,3 +427,127 @@ store_test!(concurrent_claims_never_share_a_task_instance, |store| {
     let distinct: HashSet<_> = all.iter().collect();
     assert_eq!((all.len(), distinct.len()), (200, 200));
 });
+
+const WAITING: &str = r#"
+[[dag]]
+dag_id = "waits"
+
+[[dag.task]]
+task_id = "w"
+wait = { classpath = "time.DateTimeTrigger", kwargs = { moment = "2100-01-01T00:00:00Z" } }
+execution_timeout = "1h"
+"#;
+
+/// Defers the one task of `waits` run `r1` (its try having run 2 s) and returns its trigger id.
+async fn defer_the_wait(store: &Store) -> (triggerer::store::JobId, i64) {
+    sync(store, WAITING).await;
+    trigger(store, "waits", "r1").await;
+    pass(store).await;
+    let job = store.create_job(EXECUTOR_JOB, "h", Some(4)).await.unwrap();
+    let claimed = store.claim_task_instances(job, "h", 4).await.unwrap();
+    let now = triggerer::time::now();
+    let deferral = triggerer::store::Deferral {
+        classpath: "time.DateTimeTrigger".into(),
+        kwargs: r#"{"moment":"2100-01-01T00:00:00Z"}"#.into(),
+        hash: "a deferral of the test".into(),
+        timeout_at: None,
+    };
+    let recorded = store
+        .record_tries(
+            job,
+            "h",
+            &[TryUpdate::Ended(EndedTry {
+                id: claimed[0].id,
+                dag_run_id: claimed[0].dag_run_id,
+                try_number: 1,
+                end: TryEnd::Deferred(deferral),
+                started_at: now - chrono::Duration::seconds(2),
+                ended_at: now,
+                outcome: "deferred".into(),
+                log: b"first part\n".to_vec(),
+            })],
+        )
+        .await
+        .unwrap();
+    assert_eq!(recorded.applied, vec![true]);
+    let row = &store.list_task_instances("waits", "r1").await.unwrap()[0];
+    assert_eq!(row.state, "deferred");
+    (job, row.trigger_id.expect("a trigger row"))
+}
+
+store_test!(
+    a_fired_trigger_resumes_the_same_try_with_its_running_time,
+    |store| {
+        let (job, trigger_id) = defer_the_wait(&store).await;
+        // The deferred task holds no slot: nothing is claimable while it waits.
+        assert!(store
+            .claim_task_instances(job, "h", 4)
+            .await
+            .unwrap()
+            .is_empty());
+        let fire = |key: &str| triggerer::store::NewEvent {
+            origin: triggerer::store::Origin::Trigger(triggerer_sdk::TriggerId::new(trigger_id)),
+            extra: serde_json::json!({"from_trigger": true, "payload": {"moment": "now"}}),
+            dedup_key: Some(key.into()),
+            checkpoint: None,
+        };
+        // Two events in one batch: the first resumes the task, the second is not acknowledged.
+        let outcome = store
+            .write_events(&[fire("a"), fire("b")], None)
+            .await
+            .unwrap();
+        assert!(outcome[0].is_ok());
+        assert!(outcome[1].is_err(), "{outcome:?}");
+        let resumed = store.claim_task_instances(job, "h", 4).await.unwrap();
+        assert_eq!(resumed.len(), 1);
+        assert_eq!(resumed[0].try_number, 1, "a resumed try is the same try");
+        assert_eq!(
+            resumed[0].trigger_event,
+            Some(serde_json::json!({"moment": "now"}))
+        );
+        assert!(
+            resumed[0].ran_before >= Duration::from_millis(1900),
+            "{:?}",
+            resumed[0].ran_before
+        );
+        // The trigger is gone: a second firing finds nothing.
+        let again = store.write_events(&[fire("c")], None).await.unwrap();
+        assert!(again[0].is_err(), "{again:?}");
+        let done = store
+            .record_tries(job, "h", &[end(&resumed[0], TryEnd::Success)])
+            .await
+            .unwrap();
+        assert_eq!(done.applied, vec![true]);
+        assert_eq!(run_state(&store, "waits", "r1").await, DagRunState::Success);
+        let log = store.task_log("waits", "r1", "w", Some(1)).await.unwrap();
+        assert_eq!(log.content, b"first part\noutput of try 1");
+    }
+);
+
+store_test!(a_task_trigger_that_keeps_failing_fails_its_task, |store| {
+    let (_, trigger_id) = defer_the_wait(&store).await;
+    let id = triggerer_sdk::TriggerId::new(trigger_id);
+    for n in 1..triggerer::store::TASK_TRIGGER_FAILURES {
+        store
+            .record_trigger_failure(id, &format!("boom {n}"))
+            .await
+            .unwrap();
+        assert_eq!(
+            store.list_task_instances("waits", "r1").await.unwrap()[0].state,
+            "deferred"
+        );
+    }
+    store
+        .record_trigger_failure(id, "boom at last")
+        .await
+        .unwrap();
+    let row = &store.list_task_instances("waits", "r1").await.unwrap()[0];
+    assert_eq!((row.state.as_str(), row.trigger_id), ("failed", None));
+    let log = store.task_log("waits", "r1", "w", Some(1)).await.unwrap();
+    let text = String::from_utf8_lossy(&log.content);
+    assert!(
+        text.contains("failed 5 times") && text.contains("boom at last"),
+        "{text}"
+    );
+    assert_eq!(run_state(&store, "waits", "r1").await, DagRunState::Failed);
+});

@@ -31,7 +31,9 @@ pub use tasks::{
     ClaimedTry, Deferral, EndedTry, ExecutorStatus, Status, TaskInstanceId, TaskLog, TaskRow,
     TriggererStatus, TryEnd, TryUpdate, EXECUTOR_JOB,
 };
-pub use triggers::{AssignedTrigger, Claim, JobId, SCHEDULER_JOB, TRIGGERER_JOB};
+pub use triggers::{
+    AssignedTrigger, Claim, JobId, SCHEDULER_JOB, TASK_TRIGGER_FAILURES, TRIGGERER_JOB,
+};
 
 /// A caller's asset condition, asked with the names of the assets a DAG has queued events for
 /// (re-checked by the store on the rows it locked).
