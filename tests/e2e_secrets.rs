@@ -593,6 +593,7 @@ kwargs = {{ mode = "panic", value = {{ env = "SECRETS_ECHO_PANIC" }}, endpoint =
         },
         shutdown.clone(),
         Arc::new(tokio::sync::Notify::new()),
+        Arc::new(tokio::sync::Notify::new()),
     ));
 
     // Each trigger reported what it was made to: a failure (twice, through a restart), or

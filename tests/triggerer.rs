@@ -176,6 +176,7 @@ async fn a_panicking_trigger_is_isolated_and_restarted_while_others_go_on() {
         options,
         shutdown.clone(),
         Arc::new(Notify::new()),
+        Arc::new(Notify::new()),
     ));
 
     // The panicking trigger fails, is recorded, and is started again after its backoff.
@@ -264,6 +265,7 @@ async fn a_restarted_trigger_resumes_from_its_committed_checkpoint() {
             registry.clone(),
             options,
             shutdown.clone(),
+            Arc::new(Notify::new()),
             Arc::new(Notify::new()),
         ));
         let before = store.list_events(None, 0).await.unwrap().len();
