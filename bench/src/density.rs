@@ -17,8 +17,15 @@ pub(crate) fn rss_and_cpu(pid: u32) -> Result<(u64, Duration)> {
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
         .context("no VmRSS in /proc/PID/status")?;
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // Fields after the command name (which may hold spaces): utime is the 14th, stime the 15th.
+    let (cpu, _) = cpu_times(&format!("/proc/{pid}/stat"))?;
+    Ok((rss_kib * 1024, cpu))
+}
+
+/// From a `/proc/PID/stat` file: the process's CPU time, and that of its reaped children.
+pub(crate) fn cpu_times(stat_path: &str) -> Result<(Duration, Duration)> {
+    let stat = std::fs::read_to_string(stat_path)?;
+    // Fields after the command name (which may hold spaces): utime, stime, cutime, cstime are
+    // the 14th to 17th.
     let after = stat
         .rsplit_once(')')
         .map_or(stat.as_str(), |(_, rest)| rest);
@@ -30,8 +37,9 @@ pub(crate) fn rss_and_cpu(pid: u32) -> Result<(u64, Duration)> {
             .unwrap_or(0)
     };
     // Linux reports these in clock ticks of 1/100 s (USER_HZ).
-    let cpu = Duration::from_millis((ticks(11) + ticks(12)) * 10);
-    Ok((rss_kib * 1024, cpu))
+    let own = Duration::from_millis((ticks(11) + ticks(12)) * 10);
+    let children = Duration::from_millis((ticks(13) + ticks(14)) * 10);
+    Ok((own, children))
 }
 
 /// The `triggerer` binary built next to this one (`scripts/bench.sh` builds both).

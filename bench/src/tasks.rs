@@ -26,17 +26,6 @@ use triggerer::store::{ManualRun, Store};
 
 use crate::{percentile, progress, Args, Engine, FreshDb};
 
-/// The `triggerer` binary built next to this one (`scripts/bench.sh` builds both): the shim.
-fn shim_binary() -> Result<std::path::PathBuf> {
-    let binary = std::env::current_exe()?.with_file_name("triggerer");
-    anyhow::ensure!(
-        binary.exists(),
-        "{} not found: build it with `cargo build --release --bin triggerer` (scripts/bench.sh does)",
-        binary.display()
-    );
-    Ok(binary)
-}
-
 /// A time column that may be NULL.
 type Moment = Option<DateTime<Utc>>;
 
@@ -240,26 +229,6 @@ impl Running {
     }
 }
 
-/// This process's CPU time, and that of its reaped children (and theirs): the shims and the
-/// commands.
-fn cpu_times() -> Result<(Duration, Duration)> {
-    let stat = std::fs::read_to_string("/proc/self/stat")?;
-    let after = stat
-        .rsplit_once(')')
-        .map_or(stat.as_str(), |(_, rest)| rest);
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    // utime, stime, cutime, cstime are fields 14–17; in clock ticks of 1/100 s (USER_HZ).
-    let own = Duration::from_millis((ticks(11) + ticks(12)) * 10);
-    let children = Duration::from_millis((ticks(13) + ticks(14)) * 10);
-    Ok((own, children))
-}
-
 /// The machine's CPU time so far: busy and in all, in clock ticks (`/proc/stat`, every core).
 fn machine_cpu() -> Result<(u64, u64)> {
     let stat = std::fs::read_to_string("/proc/stat")?;
@@ -330,7 +299,7 @@ async fn wait_for_runs(
 /// executor's process launcher alone, 32 at a time.
 pub async fn bench_throughput(engine: Engine, args: &Args) -> Result<()> {
     let name = format!("{engine:?}").to_lowercase();
-    let shim = shim_binary()?;
+    let shim = crate::density::triggerer_binary()?;
     let (runs, per_run) = (args.task_runs, args.tasks_per_run);
     let total = runs * per_run;
     let parallelism = ExecutorOptions::default().parallelism;
@@ -357,13 +326,13 @@ pub async fn bench_throughput(engine: Engine, args: &Args) -> Result<()> {
     let setup = setup.elapsed();
     let mut raw = Raw::connect(engine, &db.url).await?;
 
-    let (own_before, children_before) = cpu_times()?;
+    let (own_before, children_before) = crate::density::cpu_times("/proc/self/stat")?;
     let machine_before = machine_cpu()?;
     let started = Instant::now();
     let service = Running::start(&db.store, service_options(shim.clone())).await?;
     let seen = wait_for_runs(&db.store, &mut raw, runs, total, "throughput").await?;
     let elapsed = started.elapsed();
-    let (own_after, children_after) = cpu_times()?;
+    let (own_after, children_after) = crate::density::cpu_times("/proc/self/stat")?;
     let machine_after = machine_cpu()?;
     service.stop().await?;
     // A run ending frees a place under max_active_runs: the i-th run to start waited for the
@@ -399,7 +368,7 @@ pub async fn bench_throughput(engine: Engine, args: &Args) -> Result<()> {
     let log_dir = tempfile::tempdir()?;
     let argv = vec!["true".to_string()];
     let cancel = triggerer_sdk::CancellationToken::new();
-    let (own_before, children_before) = cpu_times()?;
+    let (own_before, children_before) = crate::density::cpu_times("/proc/self/stat")?;
     let machine_before = machine_cpu()?;
     let started = Instant::now();
     let mut set = tokio::task::JoinSet::new();
@@ -432,7 +401,7 @@ pub async fn bench_throughput(engine: Engine, args: &Args) -> Result<()> {
         done += 1;
     }
     let elapsed = started.elapsed();
-    let (own_after, children_after) = cpu_times()?;
+    let (own_after, children_after) = crate::density::cpu_times("/proc/self/stat")?;
     let machine_after = machine_cpu()?;
     println!(
         "{name}: tasks: the same {total} tries through the executor's process launcher alone (shim + `true`, {parallelism} at a time, no database): {:.2} s ({:.0} tries/s); CPU of this process {:.2} cores, of the shims and commands {:.2} cores, the whole machine busy {:.0} %",
@@ -486,7 +455,7 @@ fn quantiles(samples: &mut [f64]) -> (f64, f64, f64) {
 /// `start_date` (its shim was spawned).
 pub async fn bench_latency(engine: Engine, args: &Args) -> Result<()> {
     let name = format!("{engine:?}").to_lowercase();
-    let shim = shim_binary()?;
+    let shim = crate::density::triggerer_binary()?;
     let db = FreshDb::create(engine, &args.postgres_url, "tasklatency").await?;
     define_dag(
         &db.store,

@@ -15,10 +15,30 @@ use crate::store::{ClaimedTry, Deferral};
 use crate::task::{parse_duration, AirflowCall, TriggerSpec};
 use crate::time::isoformat;
 
-/// The time triggers a delay is made absolute for: a deferral waits `delta` from when the task
-/// deferred, not from whenever a triggerer (re)starts the trigger.
-const TIME_DELTA: &str = "time.TimeDeltaTrigger";
-const DATE_TIME: &str = "time.DateTimeTrigger";
+/// A `time.TimeDeltaTrigger` as the `time.DateTimeTrigger` of the moment it ends: a deferral
+/// waits `delta` from when the task deferred, not from whenever a triggerer (re)starts the
+/// trigger. Other triggers stay as they are.
+#[cfg(feature = "time")]
+fn absolute(
+    trigger: &TriggerSpec,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<(String, Value), String> {
+    use triggerer_provider_time::{moment_kwargs, DATE_TIME_CLASSPATHS, TIME_DELTA_CLASSPATHS};
+    if TIME_DELTA_CLASSPATHS.first() != Some(&trigger.classpath.as_str()) {
+        return Ok((trigger.classpath.clone(), trigger.kwargs.clone()));
+    }
+    let kwargs = moment_kwargs(&trigger.kwargs, now).map_err(|e| e.to_string())?;
+    Ok((DATE_TIME_CLASSPATHS[0].to_string(), kwargs))
+}
+
+/// Without the `time` feature no time trigger passes the registry's check: nothing to convert.
+#[cfg(not(feature = "time"))]
+fn absolute(
+    trigger: &TriggerSpec,
+    _now: chrono::DateTime<chrono::Utc>,
+) -> Result<(String, Value), String> {
+    Ok((trigger.classpath.clone(), trigger.kwargs.clone()))
+}
 /// The trigger the `airflow` operator waits on.
 #[cfg(feature = "airflow")]
 const AIRFLOW_RUN: &str = "airflow.DagRunStateTrigger";
@@ -53,21 +73,7 @@ pub(super) fn deferral(
     timeout: Option<Duration>,
 ) -> Result<(Deferral, String), String> {
     let now = crate::time::now();
-    let (classpath, kwargs) = if trigger.classpath == TIME_DELTA {
-        let delta = trigger
-            .kwargs
-            .get("delta")
-            .and_then(Value::as_str)
-            .ok_or("`time.TimeDeltaTrigger` needs `delta`")?;
-        let delta = parse_duration(delta).map_err(|e| format!("`delta`: {e}"))?;
-        let moment = later(now, delta, "delta")?;
-        (
-            DATE_TIME.to_string(),
-            json!({ "moment": isoformat(moment) }),
-        )
-    } else {
-        (trigger.classpath.clone(), trigger.kwargs.clone())
-    };
+    let (classpath, kwargs) = absolute(trigger, now)?;
     let timeout_at = match timeout {
         Some(t) => Some(later(now, t, "timeout")?),
         None => None,

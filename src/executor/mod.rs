@@ -214,7 +214,7 @@ pub async fn run(
         let retry_soon = store_failing.then(|| Duration::from_secs(1));
         tokio::select! {
             Some(done) = tries.join_next_with_id(), if !tries.is_empty() => {
-                pending.push(TryUpdate::Ended(ended(done, &mut in_flight)));
+                pending.extend(ended(done, &mut in_flight).map(TryUpdate::Ended));
             }
             Some(update) = started_rx.recv() => pending.push(update),
             _ = look_after_tick.tick() => {
@@ -239,7 +239,7 @@ pub async fn run(
             pending.push(update);
         }
         while let Some(done) = tries.try_join_next_with_id() {
-            pending.push(TryUpdate::Ended(ended(done, &mut in_flight)));
+            pending.extend(ended(done, &mut in_flight).map(TryUpdate::Ended));
         }
     }
     beating.cancel();
@@ -249,49 +249,36 @@ pub async fn run(
     Ok(())
 }
 
-/// The record of a finished try; a try whose task panicked fails (and is retried).
+/// The record of a finished try; a try whose task panicked fails (and is retried). `None`
+/// only for a task that is not a try of this executor, which cannot happen: every spawned try
+/// is in `in_flight`.
 fn ended(
     done: Result<(tokio::task::Id, EndedTry), tokio::task::JoinError>,
     in_flight: &mut HashMap<tokio::task::Id, InFlight>,
-) -> EndedTry {
+) -> Option<EndedTry> {
     match done {
         Ok((id, ended)) => {
             in_flight.remove(&id);
-            ended
+            Some(ended)
         }
         Err(e) => {
-            let flight = in_flight.remove(&e.id());
-            let now = crate::time::now();
+            let f = in_flight.remove(&e.id())?;
             let message =
                 format!("[triggerer] the executor's try failed inside the executor: {e}\n");
             warn!(error = %e, "a try failed inside the executor");
-            match flight {
-                Some(f) => EndedTry {
-                    id: f.id,
-                    dag_run_id: f.dag_run_id,
-                    try_number: f.try_number,
-                    end: TryEnd::Failed {
-                        retry_delay: Duration::ZERO,
-                        retryable: true,
-                    },
-                    started_at: f.started_at,
-                    ended_at: now,
-                    outcome: "failed: the executor's try panicked".into(),
-                    log: message.into_bytes(),
+            Some(EndedTry {
+                id: f.id,
+                dag_run_id: f.dag_run_id,
+                try_number: f.try_number,
+                end: TryEnd::Failed {
+                    retry_delay: Duration::ZERO,
+                    retryable: true,
                 },
-                // Cannot happen: every spawned try is in `in_flight`. Were it to, the try
-                // stays held until the executor ends, then is failed over.
-                None => EndedTry {
-                    id: TaskInstanceId::default(),
-                    dag_run_id: -1,
-                    try_number: 0,
-                    end: TryEnd::HandedBack,
-                    started_at: now,
-                    ended_at: now,
-                    outcome: "unknown try".into(),
-                    log: message.into_bytes(),
-                },
-            }
+                started_at: f.started_at,
+                ended_at: crate::time::now(),
+                outcome: "failed: the executor's try panicked".into(),
+                log: message.into_bytes(),
+            })
         }
     }
 }

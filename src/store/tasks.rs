@@ -217,6 +217,25 @@ fn parse_spec(dag_id: &str, definition: Value) -> Option<TaskSpec> {
     }
 }
 
+/// A task's current definition among `specs` (as [`dag_tasks!`] read them).
+fn spec_of<'a>(
+    specs: &'a HashMap<String, Vec<TaskSpec>>,
+    dag_id: &str,
+    task_id: &str,
+) -> Option<&'a TaskSpec> {
+    specs.get(dag_id)?.iter().find(|s| s.task_id == task_id)
+}
+
+/// How long the try after `try_number` of a task waits (none for a task no longer defined).
+fn retry_delay(
+    specs: &HashMap<String, Vec<TaskSpec>>,
+    dag_id: &str,
+    task_id: &str,
+    try_number: u32,
+) -> Duration {
+    spec_of(specs, dag_id, task_id).map_or(Duration::ZERO, |s| s.retry_delay_after(try_number))
+}
+
 fn try_u32(n: i64) -> u32 {
     u32::try_from(n.max(0)).unwrap_or(u32::MAX)
 }
@@ -733,10 +752,7 @@ impl Store {
             }
             tx.commit().await?;
             for t in &mut tries {
-                t.spec = specs
-                    .get(&t.dag_id)
-                    .and_then(|tasks| tasks.iter().find(|s| s.task_id == t.task_id))
-                    .cloned();
+                t.spec = spec_of(&specs, &t.dag_id, &t.task_id).cloned();
                 if let Some((logical, start, end, conf)) = runs.get(&t.dag_run_id) {
                     t.logical_date = *logical;
                     t.data_interval_start = *start;
@@ -853,10 +869,9 @@ impl Store {
                 let holder: Option<i64> = row.try_get("queued_by_job_id")?;
                 let dag_id: String = row.try_get("dag_id")?;
                 let task_id: String = row.try_get("task_id")?;
-                let spec = specs.get(&dag_id).and_then(|t| t.iter().find(|s| s.task_id == task_id));
                 let end = TryEnd::Failed {
-                    retry_delay: spec.map_or(Duration::ZERO, |s| s.retry_delay_after(try_number)),
-                    retryable: spec.is_some(),
+                    retry_delay: retry_delay(&specs, &dag_id, &task_id, try_number),
+                    retryable: spec_of(&specs, &dag_id, &task_id).is_some(),
                 };
                 let started: DateTime<Utc> = row
                     .try_get::<Option<DateTime<Utc>>, _>("start_date")?
@@ -906,10 +921,7 @@ impl Store {
             let specs = dag_tasks!(tx, dag_ids.into_iter().collect());
             let mut touched = Vec::new();
             for (id, trigger_id, _, dag_id, task_id, try_number) in &due {
-                let delay = specs
-                    .get(dag_id)
-                    .and_then(|t| t.iter().find(|s| &s.task_id == task_id))
-                    .map_or(Duration::ZERO, |s| s.retry_delay_after(try_u32(*try_number)));
+                let delay = retry_delay(&specs, dag_id, task_id, try_u32(*try_number));
                 if let Some(run) = fail_deferred!(tx, *id, *trigger_id, delay, "trigger timeout", now) {
                     touched.push(run);
                 }
@@ -940,10 +952,7 @@ impl Store {
             let mut tx = pool.begin_with(self.begin_write()).await?;
             lock_runs!(tx, self, vec![run]);
             let specs = dag_tasks!(tx, vec![dag_id.as_str()]);
-            let delay = specs
-                .get(&dag_id)
-                .and_then(|t| t.iter().find(|s| s.task_id == task_id))
-                .map_or(Duration::ZERO, |s| s.retry_delay_after(try_u32(try_number)));
+            let delay = retry_delay(&specs, &dag_id, &task_id, try_u32(try_number));
             let failed = fail_deferred!(tx, id, trigger_id, delay, reason, now);
             if let Some(run) = failed {
                 advance_runs!(tx, &[run], now);
