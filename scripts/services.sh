@@ -129,6 +129,22 @@ ensure_sqs() {
   echo "sqs: moto started on $TRIGGERER_TEST_SQS_ENDPOINT"
 }
 
+# Debian's headless Chromium for the web UI tests (tests/e2e_ui.rs): `chromium` on PATH as it
+# is, else installed from Debian packages (which needs root).
+ensure_chromium() {
+  if command -v chromium >/dev/null 2>&1; then
+    return 0
+  fi
+  if [ "${EUID:-$(id -u)}" -ne 0 ]; then
+    echo "chromium: not installed, and installing it needs root: run \`apt-get install -y chromium\` as root" >&2
+    return 1
+  fi
+  echo "chromium: not installed; installing from Debian packages"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  command -v chromium >/dev/null 2>&1 || { echo "chromium: still not on PATH after installing it" >&2; return 1; }
+  echo "chromium: installed $(chromium --version 2>/dev/null)"
+}
+
 # Apache Airflow 3 for the Airflow-bridge tests: TRIGGERER_TEST_AIRFLOW_URL (with
 # TRIGGERER_TEST_AIRFLOW_USERNAME / _PASSWORD) as given, else `apache-airflow[postgres]` from PyPI
 # in .services/airflow/venv (installed once, pinned by tests/airflow/constraints-PY.txt) with
@@ -352,4 +368,24 @@ ensure_airflow() {
   fi
   _airflow_dags_ready 120 || return 1
   echo "airflow: $AIRFLOW_VERSION started on $TRIGGERER_TEST_AIRFLOW_URL in $((SECONDS - start)) s (user $TRIGGERER_TEST_AIRFLOW_USERNAME)"
+}
+
+# schemathesis for the OpenAPI test (tests/e2e_http.rs): TRIGGERER_TEST_SCHEMATHESIS as given,
+# else schemathesis from PyPI in .services/schemathesis (installed once, pinned).
+SCHEMATHESIS_VERSION="4.32.5"
+ensure_schemathesis() {
+  if [ -n "${TRIGGERER_TEST_SCHEMATHESIS:-}" ]; then
+    echo "schemathesis: using TRIGGERER_TEST_SCHEMATHESIS=$TRIGGERER_TEST_SCHEMATHESIS as given"
+    return 0
+  fi
+  local dir="$PWD/.services/schemathesis"
+  if [ ! -x "$dir/bin/schemathesis" ] || [ "$(cat "$dir/installed" 2>/dev/null)" != "$SCHEMATHESIS_VERSION" ]; then
+    echo "schemathesis: installing schemathesis==$SCHEMATHESIS_VERSION into .services/schemathesis"
+    rm -rf "$dir"
+    python3 -m venv "$dir"
+    "$dir/bin/pip" install --quiet "schemathesis==$SCHEMATHESIS_VERSION" || return 1
+    echo "$SCHEMATHESIS_VERSION" > "$dir/installed"
+  fi
+  export TRIGGERER_TEST_SCHEMATHESIS="$dir/bin/schemathesis"
+  echo "schemathesis: $("$TRIGGERER_TEST_SCHEMATHESIS" --version)"
 }

@@ -12,6 +12,8 @@ ensure_postgres
 ensure_kafka
 ensure_sqs
 ensure_airflow
+ensure_chromium
+ensure_schemathesis
 
 log=$(mktemp)
 trap 'rm -f "$log"; stop_started_services' EXIT

@@ -20,6 +20,8 @@
 //! - [`cli`]: the command line; the binary's edge, the only place for `anyhow`.
 //! - [`service`]: a running `run`/`scheduler`/`executor`/`standalone`: starting its parts,
 //!   readiness, shutdown.
+//! - [`http`]: `--http`: `/health`, `/metrics`, the JSON API and its OpenAPI document, pushed
+//!   events and webhooks (committed through the event writer), the web UI, API tokens.
 //! - [`sync`]: writing validated definitions and aligning schedules; `sync::watch` re-syncs
 //!   `--dags` on change and on SIGHUP.
 //! - [`triggerer`]: the triggerer process: job and heartbeat, claiming, the
@@ -43,6 +45,8 @@
 //! - [`names`]: what a name (asset, DAG, watcher, run id, dedup key) may be, and escaping text
 //!   for a terminal. [`dag_run`]: run states and run types.
 //! - [`telemetry`]: logging setup and the panic hook. [`time`]: UTC helpers shared by all.
+//! - [`metrics`]: the process's Prometheus registry (DESIGN §12.1), which every service records
+//!   into and `/metrics` encodes.
 //!
 //! Providers live in their own crates (`providers/*`) and depend only on `triggerer-sdk`.
 
@@ -51,7 +55,9 @@ pub mod cli;
 pub mod dag_run;
 pub mod definitions;
 pub mod executor;
+pub mod http;
 pub mod identity;
+pub mod metrics;
 pub mod names;
 pub mod registry;
 pub mod scheduler;

@@ -1,6 +1,7 @@
 //! The providers compiled into this binary, in one explicit list ([`builtin_providers`]), and
-//! lookup by classpath (Airflow aliases included). Adding a provider is one line here plus a
-//! cargo feature; nothing registers itself.
+//! lookup by classpath (Airflow aliases included), with which classpaths are pushed to the HTTP
+//! server rather than run by a triggerer ([`ProviderRegistry::pushed_classpaths`]). Adding a
+//! provider is one line here plus a cargo feature; nothing registers itself.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -32,6 +33,12 @@ pub enum WatcherError {
         "`{0}` fires once and is done, so it cannot watch an asset; use it as a task's `wait`"
     )]
     NotRepeatable(&'static str),
+    /// A pushed trigger (a webhook, which no triggerer runs) where a task's trigger is needed.
+    #[error(
+        "`{0}` receives requests pushed to the HTTP server and no triggerer runs it, so it can \
+         only watch an asset, not be a task's trigger"
+    )]
+    PushedOnly(&'static str),
 }
 
 /// What a trigger is for.
@@ -123,7 +130,7 @@ impl ProviderRegistry {
                 kwargs,
             });
         }
-        let resolved = self.resolve_trigger(classpath, kwargs)?;
+        let resolved = self.resolve_validated(classpath, kwargs)?;
         if resolved.provider.kind() == TriggerKind::OneShot {
             return Err(WatcherError::NotRepeatable(resolved.classpath));
         }
@@ -132,7 +139,7 @@ impl ProviderRegistry {
 
     /// Resolves a task trigger's `(classpath, kwargs)` (a `wait`, or a command's deferral): any
     /// trigger a provider serves, one-shot or repeatable (whose first event resumes the task),
-    /// validated without I/O.
+    /// but not a pushed one (nothing would run it), validated without I/O.
     pub fn resolve_trigger(
         &self,
         classpath: &str,
@@ -142,6 +149,19 @@ impl ProviderRegistry {
         if triggerer_provider_msgqueue::CLASSPATHS.contains(&classpath) {
             return self.resolve_watcher(classpath, kwargs);
         }
+        let resolved = self.resolve_validated(classpath, kwargs)?;
+        if resolved.provider.kind() == TriggerKind::Pushed {
+            return Err(WatcherError::PushedOnly(resolved.classpath));
+        }
+        Ok(resolved)
+    }
+
+    /// The provider of `classpath` (not a `MessageQueueTrigger`), with `kwargs` validated.
+    fn resolve_validated(
+        &self,
+        classpath: &str,
+        kwargs: &Value,
+    ) -> Result<ResolvedWatcher, WatcherError> {
         let (canonical, provider) = self
             .resolve(classpath)
             .ok_or_else(|| WatcherError::UnknownClasspath(classpath.to_string()))?;
@@ -174,7 +194,9 @@ impl ProviderRegistry {
                 "unknown classpath `{classpath}`; this build knows: {}",
                 self.canonical_classpaths().join(", ")
             )),
-            e @ WatcherError::NotRepeatable(_) => TriggerCheckError::Classpath(e.to_string()),
+            e @ (WatcherError::NotRepeatable(_) | WatcherError::PushedOnly(_)) => {
+                TriggerCheckError::Classpath(e.to_string())
+            }
             WatcherError::Kwargs(e) => TriggerCheckError::Kwargs(e.to_string()),
         })?;
         if let Some(path) = crate::names::nul_in_json(&with_placeholders) {
@@ -186,6 +208,17 @@ impl ProviderRegistry {
             .restore(&resolved.kwargs)
             .map_err(|e| TriggerCheckError::Kwargs(e.to_string()))?;
         Ok((resolved.classpath, kwargs))
+    }
+
+    /// The canonical classpaths of the [`TriggerKind::Pushed`] providers (webhooks): what no
+    /// triggerer may claim, and what the HTTP server serves, finding each trigger's provider
+    /// with [`Self::resolve`].
+    pub fn pushed_classpaths(&self) -> Vec<&'static str> {
+        self.providers
+            .iter()
+            .filter(|p| p.kind() == TriggerKind::Pushed)
+            .filter_map(|p| p.classpaths().first().copied())
+            .collect()
     }
 
     /// Canonical classpaths, for error messages that list what is available.
@@ -230,5 +263,36 @@ pub fn builtin_providers() -> ProviderRegistry {
     registry
         .register(triggerer_provider_airflow::DagRunStateProvider::default())
         .expect("built-in providers claim distinct classpaths");
+    #[cfg(feature = "http")]
     registry
+        .register(triggerer_provider_http::WebhookProvider)
+        .expect("built-in providers claim distinct classpaths");
+    registry
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[cfg(feature = "http")]
+    #[test]
+    fn a_webhook_is_pushed_watches_assets_and_is_no_task_trigger() {
+        let registry = builtin_providers();
+        assert_eq!(registry.pushed_classpaths(), ["http.WebhookTrigger"]);
+        let kwargs = serde_json::json!({ "path": "github", "secret": { "env": "GH_SECRET" } });
+        let (canonical, stored) = registry
+            .check_trigger("http.WebhookTrigger", &kwargs, TriggerUse::Watcher)
+            .expect("a webhook watcher");
+        assert_eq!(canonical, "http.WebhookTrigger");
+        assert_eq!(stored, kwargs, "the reference is stored, not a placeholder");
+        let e = registry
+            .check_trigger("http.WebhookTrigger", &kwargs, TriggerUse::Task)
+            .expect_err("no triggerer would run it");
+        assert!(
+            matches!(&e, TriggerCheckError::Classpath(m) if m.contains("only watch an asset")),
+            "{e}"
+        );
+        let (_, provider) = registry.resolve("http.WebhookTrigger").expect("registered");
+        assert_eq!(provider.kind(), TriggerKind::Pushed);
+    }
 }

@@ -1,6 +1,7 @@
 //! A running service — `run` (triggerer), `scheduler`, `executor`, `standalone` (all three) —
 //! as one function of which parts are switched on: the initial and watching sync of `--dags`,
-//! the SQLite file watchdog, the triggerer, the scheduler and the executor, until told to stop. It owns their lifecycle
+//! the SQLite file watchdog, the triggerer, the scheduler, the executor and the HTTP server,
+//! until told to stop. It owns their lifecycle
 //! (start order, readiness, the first failure stopping the rest, a clean shutdown); it does
 //! not listen to signals (the command line turns those into [`Controls`]) and decides nothing
 //! the parts decide. End-to-end tests start a service in-process through it and wait for
@@ -15,6 +16,7 @@ use tokio::sync::{mpsc, oneshot, Notify};
 use triggerer_sdk::CancellationToken;
 
 use crate::executor::{self, ExecutorError, ExecutorOptions};
+use crate::http::{self, HttpError, HttpOptions};
 use crate::registry::ProviderRegistry;
 use crate::scheduler::{self, SchedulerOptions};
 use crate::store::{Store, StoreError};
@@ -34,6 +36,8 @@ pub struct ServiceOptions {
     pub triggerer: Option<TriggererOptions>,
     pub scheduler: Option<SchedulerOptions>,
     pub executor: Option<ExecutorOptions>,
+    /// `--http`: the API, webhooks, metrics and UI of this process.
+    pub http: Option<HttpOptions>,
 }
 
 #[derive(Debug, Error)]
@@ -44,6 +48,8 @@ pub enum ServiceError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Executor(#[from] ExecutorError),
+    #[error(transparent)]
+    Http(#[from] HttpError),
     #[error("a service task failed: {0}")]
     Task(String),
 }
@@ -99,6 +105,12 @@ pub async fn serve(
         reload,
         ready,
     } = steering;
+    // Bound first: an address in use or an unprotected one refuses the start before anything
+    // else runs.
+    let http_server = match options.http {
+        Some(http_options) => http::bind(http_options).await?,
+        None => None,
+    };
     // The parts stop on this token, the caller's or the first failure's.
     let stop = shutdown.child_token();
     let mut tasks: tokio::task::JoinSet<(&'static str, Result<(), ServiceError>)> =
@@ -139,6 +151,15 @@ pub async fn serve(
             deferred.clone(),
         );
         tasks.spawn(async move { ("triggerer", run.await.map_err(ServiceError::from)) });
+    }
+    if let Some(server) = http_server {
+        let run = server.run(
+            store.clone(),
+            registry.clone(),
+            committed.clone(),
+            stop.clone(),
+        );
+        tasks.spawn(async move { ("http", run.await.map_err(ServiceError::from)) });
     }
     let once = options.scheduler.as_ref().is_some_and(|o| o.once);
     // The scheduler wakes the executor when it schedules task instances.

@@ -462,3 +462,64 @@ fn task_errors_name_dag_task_and_field() {
         &["fires once", "task's `wait`"],
     );
 }
+
+#[test]
+fn a_webhook_watcher_syncs_with_its_secret_as_a_reference() {
+    let text = r#"
+[[asset]]
+name = "pushes"
+[[asset.watcher]]
+name = "github"
+classpath = "http.WebhookTrigger"
+kwargs = { path = "github", secret = { env = "GH_SECRET" }, signature_header = "X-Hub-Signature-256", dedup_header = "X-GitHub-Delivery" }
+"#;
+    let plan = load_str("defs.toml", text, &builtin_providers()).expect("valid");
+    let watcher = &plan.assets[0].watchers[0];
+    assert_eq!(watcher.classpath, "http.WebhookTrigger");
+    let kwargs: serde_json::Value = serde_json::from_str(&watcher.kwargs).expect("json");
+    assert_eq!(
+        kwargs,
+        serde_json::json!({
+            "path": "github",
+            "secret": { "env": "GH_SECRET" },
+            "signature_header": "X-Hub-Signature-256",
+            "dedup_header": "X-GitHub-Delivery",
+        }),
+        "stored as written, the reference and not a placeholder"
+    );
+}
+
+#[test]
+fn webhook_errors_name_the_kwarg_or_where_it_cannot_go() {
+    let watcher = |kwargs: &str| {
+        format!("[[asset]]\nname = \"a\"\n[[asset.watcher]]\nname = \"w\"\nclasspath = \"http.WebhookTrigger\"\nkwargs = {kwargs}\n")
+    };
+    assert_error(
+        &watcher(r#"{ path = "/github", secret = { env = "GH_SECRET" } }"#),
+        6,
+        &["asset `a`", "watcher `w`", "kwargs.path", "`github`"],
+    );
+    assert_error(
+        &watcher(r#"{ path = "a/../b", secret = "s" }"#),
+        6,
+        &["kwargs.path", "`..`"],
+    );
+    assert_error(
+        &watcher(r#"{ path = "github" }"#),
+        6,
+        &["kwargs.secret", "required"],
+    );
+    assert_error(
+        &watcher(r#"{ path = "github", secret = "s", dedup = "X-GitHub-Delivery" }"#),
+        6,
+        &["kwargs.dedup", "unknown kwarg", "dedup_header"],
+    );
+    // No triggerer runs a webhook, so it cannot be what a task waits for.
+    assert_error(
+        &dag_with(
+            "[[dag.task]]\ntask_id = \"a\"\nwait = { classpath = \"http.WebhookTrigger\", kwargs = { path = \"gh\", secret = \"s\" } }\n",
+        ),
+        5,
+        &["task `a`", "http.WebhookTrigger", "only watch an asset"],
+    );
+}

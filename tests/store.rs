@@ -209,7 +209,7 @@ store_test!(fencing_and_checkpoints, |store| {
     let alive_since = triggerer::time::now() - Duration::seconds(30);
     assert_eq!(
         store
-            .assign_unassigned(owner, 10, 50, alive_since)
+            .assign_unassigned(owner, 10, 50, alive_since, &[])
             .await
             .unwrap(),
         Claim {
@@ -219,7 +219,7 @@ store_test!(fencing_and_checkpoints, |store| {
     );
     assert_eq!(
         store
-            .assign_unassigned(other, 10, 50, alive_since)
+            .assign_unassigned(other, 10, 50, alive_since, &[])
             .await
             .unwrap(),
         Claim {
@@ -260,7 +260,7 @@ store_test!(fencing_and_checkpoints, |store| {
     store.end_job(owner).await.unwrap();
     assert_eq!(
         store
-            .assign_unassigned(other, 10, 50, alive_since)
+            .assign_unassigned(other, 10, 50, alive_since, &[])
             .await
             .unwrap(),
         Claim {
@@ -282,7 +282,7 @@ store_test!(
         let now = triggerer::time::now();
         assert_eq!(
             store
-                .assign_unassigned(dead, 3, 2, now - Duration::seconds(30))
+                .assign_unassigned(dead, 3, 2, now - Duration::seconds(30), &[])
                 .await
                 .unwrap(),
             Claim {
@@ -293,7 +293,7 @@ store_test!(
         );
         assert_eq!(
             store
-                .assign_unassigned(dead, 3, 2, now - Duration::seconds(30))
+                .assign_unassigned(dead, 3, 2, now - Duration::seconds(30), &[])
                 .await
                 .unwrap(),
             Claim {
@@ -304,7 +304,7 @@ store_test!(
         );
         assert_eq!(
             store
-                .assign_unassigned(dead, 3, 2, now - Duration::seconds(30))
+                .assign_unassigned(dead, 3, 2, now - Duration::seconds(30), &[])
                 .await
                 .unwrap(),
             Claim {
@@ -315,7 +315,7 @@ store_test!(
         let live = store.create_job(TRIGGERER_JOB, "h2", None).await.unwrap();
         // With a threshold in the future, `dead`'s heartbeat counts as too old.
         let claimed = store
-            .assign_unassigned(live, 10, 50, now + Duration::seconds(1))
+            .assign_unassigned(live, 10, 50, now + Duration::seconds(1), &[])
             .await
             .unwrap();
         assert_eq!(

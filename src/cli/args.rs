@@ -8,6 +8,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::dag_run::DagRunState;
 use crate::executor::ExecutorOptions;
+use crate::http::{ApiTokens, HttpOptions};
 use crate::telemetry::LogFormat;
 use crate::triggerer::TriggererOptions;
 
@@ -265,10 +266,57 @@ pub struct DagsArgs {
     pub allow_empty: bool,
 }
 
+/// `--http ADDR:PORT` and who may call it (DESIGN §12).
+#[derive(Debug, Args)]
+pub struct HttpArgs {
+    /// Serve /health, /metrics, the JSON API, webhooks and the web UI on ADDR:PORT (`off`: not
+    /// at all). `standalone` serves 127.0.0.1:8280 unless told otherwise; the others serve
+    /// nothing. A non-loopback address needs API tokens.
+    #[arg(long, env = "TRIGGERER_HTTP", value_name = "ADDR:PORT")]
+    pub http: Option<String>,
+    /// A file of API tokens, one `name:scope:token` per line (scope `read` or `write`), in
+    /// addition to those of the TRIGGERER_API_TOKENS variable (comma-separated).
+    #[arg(long, env = "TRIGGERER_API_TOKENS_FILE", value_name = "PATH")]
+    pub api_tokens_file: Option<PathBuf>,
+}
+
+impl HttpArgs {
+    /// The server's options: `None` when `--http` is off (or not given and `default` is none).
+    pub(crate) fn http_options(
+        &self,
+        default: Option<&str>,
+        health_threshold: std::time::Duration,
+    ) -> Result<Option<HttpOptions>> {
+        let is_default = self.http.is_none();
+        let Some(addr) = self.http.as_deref().or(default) else {
+            return Ok(None);
+        };
+        if addr.eq_ignore_ascii_case("off") {
+            return Ok(None);
+        }
+        let addr: std::net::SocketAddr = addr.parse().map_err(|_| {
+            anyhow::anyhow!(
+                "--http: expected ADDR:PORT such as 127.0.0.1:8280 or 0.0.0.0:8280 (or `off`), got `{}`",
+                addr.escape_default()
+            )
+        })?;
+        let env = std::env::var("TRIGGERER_API_TOKENS").ok();
+        let tokens = ApiTokens::load(env.as_deref(), self.api_tokens_file.as_deref())?;
+        Ok(Some(HttpOptions {
+            addr,
+            tokens,
+            health_threshold,
+            is_default,
+        }))
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct RunArgs {
     #[command(flatten)]
     pub dags: DagsArgs,
+    #[command(flatten)]
+    pub http: HttpArgs,
     /// Most triggers this process runs.
     #[arg(long, env = "TRIGGERER_CAPACITY", default_value_t = 1000)]
     pub capacity: usize,
@@ -337,6 +385,8 @@ impl ExecutorFlags {
 pub struct ExecutorArgs {
     #[command(flatten)]
     pub executor: ExecutorFlags,
+    #[command(flatten)]
+    pub http: HttpArgs,
     /// Seconds between heartbeats of this process's job row.
     #[arg(long, env = "TRIGGERER_HEARTBEAT_INTERVAL", default_value_t = 5.0)]
     pub heartbeat_interval: f64,
@@ -358,6 +408,8 @@ pub struct StandaloneArgs {
 pub struct SchedulerArgs {
     #[command(flatten)]
     pub dags: DagsArgs,
+    #[command(flatten)]
+    pub http: HttpArgs,
     /// Run passes until nothing more is due, then exit.
     #[arg(long)]
     pub once: bool,

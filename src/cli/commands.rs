@@ -15,12 +15,13 @@ use super::args::{
 use super::output::print_rows;
 use crate::dag_run::DagRunState;
 use crate::executor::ExecutorOptions;
+use crate::http::{self, HttpOptions};
 use crate::names;
 use crate::registry::ProviderRegistry;
 use crate::scheduler::{self, SchedulerOptions};
 use crate::secrets;
 use crate::service::{self, ServiceOptions};
-use crate::store::{ManualRun, NewEvent, Origin, Store};
+use crate::store::{NewEvent, Origin, Store};
 use crate::sync::{self, SyncOptions};
 use crate::time::{isoformat, parse_rfc3339};
 use crate::triggerer::TriggererOptions;
@@ -52,13 +53,11 @@ pub(crate) async fn dispatch(
             )?;
         }
         Command::Dags(DagsCommand::Pause { dag_id }) => {
-            store.set_paused(&dag_id, true).await?;
+            scheduler::manual::set_paused(store, &dag_id, true).await?;
             println!("paused {dag_id}");
         }
         Command::Dags(DagsCommand::Unpause { dag_id }) => {
-            store.set_paused(&dag_id, false).await?;
-            // Its schedule continues from now, not from where it stood when paused.
-            scheduler::refresh_next_dagruns(store, crate::time::now()).await?;
+            scheduler::manual::set_paused(store, &dag_id, false).await?;
             println!("unpaused {dag_id}");
         }
         Command::Dags(DagsCommand::Trigger {
@@ -69,17 +68,8 @@ pub(crate) async fn dispatch(
         }) => {
             let conf = parse_json_object("--conf", conf.as_deref())?;
             let logical_date = parse_time_flag("--logical-date", logical_date.as_deref())?;
-            let timetable = scheduler::timetable_for(&store.dag_timing(&dag_id).await?);
-            let data_interval =
-                timetable.infer_manual_data_interval(logical_date.unwrap_or_else(crate::time::now));
-            let run = ManualRun {
-                dag_id: dag_id.clone(),
-                run_id,
-                conf,
-                logical_date,
-                data_interval: Some(data_interval),
-            };
-            let run_id = store.create_manual_run(&run).await?;
+            let run_id =
+                scheduler::manual::trigger_run(store, &dag_id, run_id, conf, logical_date).await?;
             println!("created run {run_id} for {dag_id} (queued)");
         }
         Command::Dags(DagsCommand::NextRuns {
@@ -197,7 +187,9 @@ pub(crate) async fn dispatch(
             json: f,
         }) => {
             let threshold = seconds("--health-check-threshold", health_check_threshold)?;
-            let mut rows = store.list_triggers(threshold).await?;
+            let mut rows = store
+                .list_triggers_with(threshold, &registry.pushed_classpaths())
+                .await?;
             for row in &mut rows {
                 row.kwargs = secrets::mask(&row.kwargs);
             }
@@ -247,33 +239,47 @@ pub(crate) async fn dispatch(
             println!("{dag_id} {run_id}: {state}");
         }
         Command::Run(args) => {
-            let options = args.triggerer_options()?;
-            serve(store, registry, args.dags, Some(options), None, None).await?
+            let triggerer = args.triggerer_options()?;
+            let http = args.http.http_options(None, triggerer.health_threshold)?;
+            let parts = Parts {
+                triggerer: Some(triggerer),
+                http,
+                ..Parts::default()
+            };
+            serve(store, registry, args.dags, parts).await?
         }
         Command::Standalone(args) => {
             let triggerer = args.run.triggerer_options()?;
             let executor = args
                 .executor
                 .executor_options(args.run.heartbeat_interval, args.run.health_check_threshold)?;
-            serve(
-                store,
-                registry,
-                args.run.dags,
-                Some(triggerer),
-                Some(SchedulerOptions::default()),
-                Some(executor),
-            )
-            .await?
+            let http = args
+                .run
+                .http
+                .http_options(Some(http::STANDALONE_ADDR), triggerer.health_threshold)?;
+            let parts = Parts {
+                triggerer: Some(triggerer),
+                scheduler: Some(SchedulerOptions::default()),
+                executor: Some(executor),
+                http,
+            };
+            serve(store, registry, args.run.dags, parts).await?
         }
         Command::Executor(args) => {
             let executor = args
                 .executor
                 .executor_options(args.heartbeat_interval, args.health_check_threshold)?;
+            let http = args.http.http_options(None, executor.health_threshold)?;
             let no_dags = DagsArgs {
                 dags: None,
                 allow_empty: false,
             };
-            serve(store, registry, no_dags, None, None, Some(executor)).await?
+            let parts = Parts {
+                executor: Some(executor),
+                http,
+                ..Parts::default()
+            };
+            serve(store, registry, no_dags, parts).await?
         }
         Command::Tasks(command) => super::tasks::dispatch(command, store).await?,
         Command::Status {
@@ -292,10 +298,27 @@ pub(crate) async fn dispatch(
                 now,
                 ..SchedulerOptions::default()
             };
-            serve(store, registry, args.dags, None, Some(options), None).await?
+            let http = args
+                .http
+                .http_options(None, TriggererOptions::default().health_threshold)?;
+            let parts = Parts {
+                scheduler: Some(options),
+                http,
+                ..Parts::default()
+            };
+            serve(store, registry, args.dags, parts).await?
         }
     }
     Ok(())
+}
+
+/// Which parts a command runs.
+#[derive(Default)]
+struct Parts {
+    triggerer: Option<TriggererOptions>,
+    scheduler: Option<SchedulerOptions>,
+    executor: Option<ExecutorOptions>,
+    http: Option<HttpOptions>,
 }
 
 /// Runs a service until SIGINT or SIGTERM (or, for `scheduler --once`, until nothing more is
@@ -304,9 +327,7 @@ async fn serve(
     store: &Store,
     registry: &ProviderRegistry,
     dags: DagsArgs,
-    triggerer: Option<TriggererOptions>,
-    scheduler: Option<SchedulerOptions>,
-    executor: Option<ExecutorOptions>,
+    parts: Parts,
 ) -> Result<()> {
     let has_dags = dags.dags.is_some();
     let options = ServiceOptions {
@@ -314,9 +335,10 @@ async fn serve(
         sync: SyncOptions {
             allow_empty: dags.allow_empty,
         },
-        triggerer,
-        scheduler,
-        executor,
+        triggerer: parts.triggerer,
+        scheduler: parts.scheduler,
+        executor: parts.executor,
+        http: parts.http,
     };
     let (controls, steering) = service::controls();
     let mut signals = Signals::new()?;

@@ -22,9 +22,10 @@ use thiserror::Error;
 use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 use triggerer_sdk::CancellationToken;
 
+use crate::metrics;
 use crate::registry::ProviderRegistry;
 use crate::store::{
     ClaimedTry, EndedTry, JobId, Store, StoreError, TaskInstanceId, TryEnd, TryUpdate, EXECUTOR_JOB,
@@ -37,6 +38,8 @@ pub const LOG_LIMIT: u64 = 1024 * 1024;
 /// An environment value larger than this goes to a file instead: Linux refuses to start a
 /// program with a single environment string over 128 KiB.
 const ENV_VALUE_LIMIT: usize = 64 * 1024;
+/// How often `executor_deferred_tasks` is counted in the database.
+const DEFERRED_COUNT_INTERVAL: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone)]
 pub struct ExecutorOptions {
@@ -94,6 +97,21 @@ struct InFlight {
     try_number: u32,
     started_at: chrono::DateTime<chrono::Utc>,
     cancel: CancellationToken,
+    /// Whether its start was reported: claimed (`queued`) until then, `running` after.
+    started: bool,
+}
+
+/// Marks the try an update reports the start of as started (a try that ended meanwhile is
+/// gone already, and stays gone).
+fn note_start(in_flight: &mut HashMap<tokio::task::Id, InFlight>, update: &TryUpdate) {
+    if let TryUpdate::Started { id, try_number, .. } = update {
+        if let Some(f) = in_flight
+            .values_mut()
+            .find(|f| f.id == *id && f.try_number == *try_number)
+        {
+            f.started = true;
+        }
+    }
 }
 
 /// Runs the executor until `shutdown` fires and its tries are finished or handed back.
@@ -143,9 +161,16 @@ pub async fn run(
         options.heartbeat_interval,
         beating.clone(),
     ));
+    let counter = tokio::spawn(count_deferred(
+        store.clone(),
+        options.health_threshold,
+        beating.clone(),
+    ));
     let mut look_after_tick = tokio::time::interval(options.heartbeat_interval);
     let mut deadline: Option<Instant> = None;
     let mut store_failing = false;
+    // This executor's part of the process's gauges; dropped (taken back) when it stops.
+    let mut gauges = metrics::ExecutorGauges::new();
     loop {
         // Listening before the work below: a commit notified meanwhile still wakes the wait.
         let committed_meanwhile = committed.notified();
@@ -200,6 +225,7 @@ pub async fn run(
                             try_number: claimed.try_number,
                             started_at: crate::time::now(),
                             cancel: cancel.clone(),
+                            started: false,
                         };
                         let handle = tries.spawn(run_try(claimed, shared.clone(), cancel));
                         in_flight.insert(handle.id(), flight);
@@ -211,12 +237,22 @@ pub async fn run(
         if deadline.is_some() && tries.is_empty() && pending.is_empty() {
             break;
         }
+        // Before each wait: what a scrape meanwhile sees. No slot is open once stopping.
+        let running = in_flight.values().filter(|f| f.started).count();
+        let open = match deadline {
+            None => options.parallelism.saturating_sub(tries.len()),
+            Some(_) => 0,
+        };
+        gauges.set(open, in_flight.len() - running, running);
         let retry_soon = store_failing.then(|| Duration::from_secs(1));
         tokio::select! {
             Some(done) = tries.join_next_with_id(), if !tries.is_empty() => {
                 pending.extend(ended(done, &mut in_flight).map(TryUpdate::Ended));
             }
-            Some(update) = started_rx.recv() => pending.push(update),
+            Some(update) = started_rx.recv() => {
+                note_start(&mut in_flight, &update);
+                pending.push(update);
+            }
             _ = look_after_tick.tick() => {
                 look_after(&store, job_id, &options, &in_flight).await;
             }
@@ -236,14 +272,17 @@ pub async fn run(
         }
         // Whatever else is ready joins this batch.
         while let Ok(update) = started_rx.try_recv() {
+            note_start(&mut in_flight, &update);
             pending.push(update);
         }
         while let Some(done) = tries.try_join_next_with_id() {
             pending.extend(ended(done, &mut in_flight).map(TryUpdate::Ended));
         }
     }
+    drop(gauges);
     beating.cancel();
     let _ = heart.await;
+    let _ = counter.await;
     store.end_job(job_id).await?;
     info!("executor stopped");
     Ok(())
@@ -325,6 +364,31 @@ async fn look_after(
             }
         }
         Err(e) => warn!(error = %e, "checking this executor's tries failed"),
+    }
+}
+
+/// Sets `executor_deferred_tasks` from the database every [`DEFERRED_COUNT_INTERVAL`] until
+/// `stop`. On its own task: the count reads every task instance's state (about 0.1 s for a
+/// million on SQLite), which the loop claiming tries must not wait for.
+async fn count_deferred(store: Store, health_threshold: Duration, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(DEFERRED_COUNT_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let alive_since = crate::time::now()
+            - chrono::Duration::from_std(health_threshold).unwrap_or(chrono::Duration::MAX);
+        let counted = tokio::select! {
+            _ = stop.cancelled() => return,
+            counted = store.status(alive_since) => counted,
+        };
+        match counted {
+            Ok(status) => metrics::set_deferred_tasks(status.deferred_tasks),
+            // The loop's own queries say so when the database is down.
+            Err(e) => debug!(error = %e, "counting deferred task instances failed"),
+        }
     }
 }
 

@@ -5,18 +5,22 @@
 //! a clock, so `--once --now T` replays what a live scheduler would do at T. This module decides
 //! (timetables, asset expressions); the store only executes.
 
+pub mod manual;
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use tokio::sync::Notify;
 use tokio::time::Instant;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 use triggerer_sdk::CancellationToken;
 
 use std::collections::BTreeSet;
 
 use crate::asset_expression::AssetExpr;
+use crate::dag_run::DagRunType;
+use crate::metrics;
 use crate::store::JobId;
 use crate::store::{
     AssetCondition, DagTiming, DueSlot, SlotOutcome, SlotPolicy, Store, StoreError,
@@ -25,6 +29,11 @@ use crate::timetable::schedule::timetable_of;
 use crate::timetable::{DagRunInfo, Timetable};
 
 pub use crate::store::SCHEDULER_JOB;
+
+/// How often a live scheduler counts the task instances waiting for a slot
+/// (`scheduler_tasks_executable`, `scheduler_tasks_starving`): a scan of every task
+/// instance's state (about 0.1 s for a million on SQLite), too much for every pass.
+const TASK_COUNT_INTERVAL: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone)]
 pub struct SchedulerOptions {
@@ -36,6 +45,9 @@ pub struct SchedulerOptions {
     pub heartbeat_interval: Duration,
     /// Most scheduled runs created in one pass (Airflow's `max_dagruns_to_create_per_loop`).
     pub max_scheduled_per_pass: i64,
+    /// An executor without a heartbeat for this long has no free slots, for
+    /// `scheduler_tasks_starving`.
+    pub health_threshold: Duration,
 }
 
 impl Default for SchedulerOptions {
@@ -46,6 +58,7 @@ impl Default for SchedulerOptions {
             pass_interval: Duration::from_secs(1),
             heartbeat_interval: Duration::from_secs(5),
             max_scheduled_per_pass: 100,
+            health_threshold: Duration::from_secs(30),
         }
     }
 }
@@ -95,6 +108,21 @@ pub async fn run(
     info!(job_id = %job_id, "scheduler started");
     // Align every DAG's next slot with this scheduler's clock, as a DAG-processor parse would.
     refresh_next_dagruns(&store, options.now.unwrap_or_else(crate::time::now)).await?;
+    // The run types a pass creates have their series from the start, at 0.
+    for run_type in [DagRunType::Scheduled, DagRunType::AssetTriggered] {
+        metrics::record_dag_runs_created(run_type.as_str(), 0);
+    }
+    // The task counts on their own task, so that no pass waits for them; stopped however
+    // this function returns. A one-off `--once` is not scraped.
+    let stop_counting = shutdown.child_token();
+    let _stop_counting = stop_counting.clone().drop_guard();
+    if !options.once {
+        tokio::spawn(count_tasks(
+            store.clone(),
+            options.health_threshold,
+            stop_counting,
+        ));
+    }
     let mut last_heartbeat = Instant::now();
     loop {
         // Listening before the pass: a commit notified while the pass runs (`notify_waiters`
@@ -149,6 +177,30 @@ pub async fn run(
     store.end_job(job_id).await?;
     info!("scheduler stopped");
     Ok(())
+}
+
+/// Sets `scheduler_tasks_executable` and `scheduler_tasks_starving` from the database (as
+/// `status` counts them) every [`TASK_COUNT_INTERVAL`] until `stop`.
+async fn count_tasks(store: Store, health_threshold: Duration, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(TASK_COUNT_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let alive_since = crate::time::now()
+            - chrono::Duration::from_std(health_threshold).unwrap_or(chrono::Duration::MAX);
+        let counted = tokio::select! {
+            _ = stop.cancelled() => return,
+            counted = store.status(alive_since) => counted,
+        };
+        match counted {
+            Ok(status) => metrics::set_task_queue(status.tasks_executable, status.tasks_starving),
+            // The passes say so when the database is down.
+            Err(e) => debug!(error = %e, "counting task instances failed"),
+        }
+    }
 }
 
 /// The timetable of a stored DAG; a schedule that no longer parses (written by another
@@ -369,6 +421,18 @@ pub async fn pass(
     job_id: Option<JobId>,
     max_scheduled: i64,
 ) -> Result<PassReport, StoreError> {
+    let started = std::time::Instant::now();
+    let report = run_pass(store, now, job_id, max_scheduled).await;
+    metrics::record_pass(started.elapsed());
+    report
+}
+
+async fn run_pass(
+    store: &Store,
+    now: DateTime<Utc>,
+    job_id: Option<JobId>,
+    max_scheduled: i64,
+) -> Result<PassReport, StoreError> {
     let mut report = PassReport::default();
     let due: Vec<(DagTiming, Timetable)> = store
         .due_dags(now, max_scheduled)
@@ -386,6 +450,7 @@ pub async fn pass(
             Ok(SlotOutcome::Created(run_id)) => {
                 info!(%dag_id, %run_id, "scheduled run created");
                 report.scheduled_created += 1;
+                metrics::record_dag_runs_created(DagRunType::Scheduled.as_str(), 1);
             }
             Ok(SlotOutcome::AlreadyExisted) => {
                 info!(%dag_id, "a run for the due slot exists; moved to the next slot");
@@ -427,6 +492,7 @@ pub async fn pass(
         {
             info!(dag_id = %dag.dag_id, %run_id, "asset-triggered run created");
             report.asset_triggered_created += 1;
+            metrics::record_dag_runs_created(DagRunType::AssetTriggered.as_str(), 1);
         }
     }
     report.started = store.start_queued_runs(now).await?;

@@ -10,10 +10,13 @@ use sqlx::Row;
 use super::{with_db, Result, Store, StoreError};
 use crate::dag_run::{DagRunState, DagRunType};
 
-#[derive(Debug, Clone, Serialize, PartialEq, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, PartialEq, sqlx::FromRow, utoipa::ToSchema)]
 pub struct DagRow {
     pub dag_id: String,
+    /// The `schedule` field as defined: a cron or preset string, a timetable table, or an
+    /// asset expression.
     #[sqlx(json(nullable))]
+    #[schema(value_type = Option<Value>)]
     pub schedule: Option<Value>,
     pub is_paused: bool,
     pub catchup: bool,
@@ -22,7 +25,7 @@ pub struct DagRow {
     pub next_dagrun_create_after: Option<DateTime<Utc>>,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct AssetRow {
     pub id: i64,
     pub name: String,
@@ -31,7 +34,7 @@ pub struct AssetRow {
     pub consumers: Vec<String>,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, PartialEq, sqlx::FromRow, utoipa::ToSchema)]
 pub struct EventRow {
     pub id: i64,
     #[sqlx(rename = "name")]
@@ -39,15 +42,17 @@ pub struct EventRow {
     pub uri: String,
     pub timestamp: DateTime<Utc>,
     #[sqlx(json)]
+    #[schema(value_type = Object)]
     pub extra: Value,
     pub source: String,
     pub dedup_key: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct TriggerRow {
     pub id: i64,
     pub classpath: String,
+    #[schema(value_type = Object)]
     pub kwargs: Value,
     pub hash: String,
     pub triggerer_id: Option<i64>,
@@ -59,8 +64,9 @@ pub struct TriggerRow {
     /// The owning triggerer's last heartbeat.
     pub owner_heartbeat: Option<DateTime<Utc>>,
     /// `unassigned`, `running`, `failing` (failed within the last 2 minutes, no event since: it
-    /// is being restarted with backoff) or `orphaned` (its owner's heartbeat is older than the
-    /// health threshold: another triggerer will claim it).
+    /// is being restarted with backoff), `orphaned` (its owner's heartbeat is older than the
+    /// health threshold: another triggerer will claim it) or `pushed` (a webhook: no triggerer
+    /// runs it, the HTTP server of every process with `--http` receives its events).
     pub state: &'static str,
 }
 
@@ -89,7 +95,7 @@ fn trigger_state(
     }
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct RunRow {
     pub dag_id: String,
     pub run_id: String,
@@ -101,6 +107,7 @@ pub struct RunRow {
     pub run_after: DateTime<Utc>,
     /// When the run was created (queued).
     pub queued_at: DateTime<Utc>,
+    #[schema(value_type = Object)]
     pub conf: Value,
     pub consumed_events: Vec<i64>,
 }
@@ -140,6 +147,22 @@ impl Store {
             )
             .fetch_all(pool)
             .await?)
+        })
+    }
+
+    /// One DAG, as [`Store::list_dags`] shows it.
+    pub async fn dag_row(&self, dag_id: &str) -> Result<DagRow> {
+        with_db!(self, pool => {
+            sqlx::query_as::<_, DagRow>(
+                "SELECT dag_id, schedule, is_paused, catchup, max_active_runs, next_dagrun, \
+                 next_dagrun_create_after FROM dag WHERE is_stale = FALSE AND dag_id = $1",
+            )
+            .bind(dag_id)
+            .fetch_optional(pool)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!(
+                "DAG `{dag_id}` not found; `triggerer dags list` shows the DAGs"
+            )))
         })
     }
 
@@ -229,6 +252,22 @@ impl Store {
         })
     }
 
+    /// The event an asset holds under `dedup_key` (the API's answer to a push).
+    pub async fn event_by_dedup_key(&self, asset_id: i64, dedup_key: &str) -> Result<EventRow> {
+        with_db!(self, pool => {
+            sqlx::query_as::<_, EventRow>(
+                "SELECT e.id, a.name, a.uri, e.timestamp, e.extra, e.source, e.dedup_key \
+                 FROM asset_event e JOIN asset a ON a.id = e.asset_id \
+                 WHERE e.asset_id = $1 AND e.dedup_key = $2",
+            )
+            .bind(asset_id)
+            .bind(dedup_key)
+            .fetch_optional(pool)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("no event with dedup key `{dedup_key}`")))
+        })
+    }
+
     /// How many asset events are stored (benchmarks and health checks).
     pub async fn count_asset_events(&self) -> Result<i64> {
         with_db!(self, pool => {
@@ -236,10 +275,24 @@ impl Store {
         })
     }
 
-    /// Every trigger, with its state as seen now by a triggerer using `health_threshold`.
+    /// Every trigger, with its state as seen now by a triggerer using `health_threshold`, none
+    /// of them `pushed`: [`Self::list_triggers_with`] with no pushed classpaths, for callers
+    /// that hold no registry (and know there is no webhook).
     pub async fn list_triggers(
         &self,
         health_threshold: std::time::Duration,
+    ) -> Result<Vec<TriggerRow>> {
+        self.list_triggers_with(health_threshold, &[]).await
+    }
+
+    /// Every trigger, with its state as seen now by a triggerer using `health_threshold`; those
+    /// of `pushed_classpaths` (the registry's [`pushed_classpaths`], webhooks) are `pushed`.
+    ///
+    /// [`pushed_classpaths`]: crate::registry::ProviderRegistry::pushed_classpaths
+    pub async fn list_triggers_with(
+        &self,
+        health_threshold: std::time::Duration,
+        pushed_classpaths: &[&str],
     ) -> Result<Vec<TriggerRow>> {
         let assets = self.list_agg("a.name");
         let now = crate::time::now();
@@ -261,9 +314,22 @@ impl Store {
                     let owner_heartbeat = row.try_get("latest_heartbeat")?;
                     let last_event_at = row.try_get("last_event_at")?;
                     let last_error_at = row.try_get("last_error_at")?;
+                    let classpath: String = row.try_get("classpath")?;
+                    let state = if pushed_classpaths.contains(&classpath.as_str()) {
+                        "pushed"
+                    } else {
+                        trigger_state(
+                            triggerer_id,
+                            owner_heartbeat,
+                            last_event_at,
+                            last_error_at,
+                            now,
+                            threshold,
+                        )
+                    };
                     Ok(TriggerRow {
                         id: row.try_get("id")?,
-                        classpath: row.try_get("classpath")?,
+                        classpath,
                         kwargs: serde_json::from_str(&kwargs).unwrap_or(Value::String(kwargs)),
                         hash: row.try_get("hash")?,
                         triggerer_id,
@@ -273,14 +339,7 @@ impl Store {
                         last_error_at,
                         failure_count: row.try_get("failure_count")?,
                         owner_heartbeat,
-                        state: trigger_state(
-                            triggerer_id,
-                            owner_heartbeat,
-                            last_event_at,
-                            last_error_at,
-                            now,
-                            threshold,
-                        ),
+                        state,
                     })
                 })
                 .collect()
@@ -291,6 +350,24 @@ impl Store {
     pub async fn list_runs(
         &self,
         dag_id: Option<&str>,
+        state: Option<DagRunState>,
+        limit: u64,
+    ) -> Result<Vec<RunRow>> {
+        self.runs_where(dag_id, None, state, limit).await
+    }
+
+    /// One run of a DAG (the API's answer to a manual run).
+    pub async fn run_row(&self, dag_id: &str, run_id: &str) -> Result<RunRow> {
+        self.runs_where(Some(dag_id), Some(run_id), None, 1)
+            .await?
+            .pop()
+            .ok_or_else(|| StoreError::NotFound(format!("DAG `{dag_id}` has no run `{run_id}`")))
+    }
+
+    async fn runs_where(
+        &self,
+        dag_id: Option<&str>,
+        run_id: Option<&str>,
         state: Option<DagRunState>,
         limit: u64,
     ) -> Result<Vec<RunRow>> {
@@ -316,12 +393,13 @@ impl Store {
                  r.data_interval_start, r.data_interval_end, r.run_after, r.queued_at, r.conf, \
                  (SELECT {consumed} FROM dagrun_asset_event x WHERE x.dag_run_id = r.id) AS consumed \
                  FROM dag_run r WHERE ($1 IS NULL OR r.dag_id = $1) AND ($2 IS NULL OR r.state = $2) \
-                 ORDER BY r.id DESC LIMIT $3) t ORDER BY id"
+                 AND ($4 IS NULL OR r.run_id = $4) ORDER BY r.id DESC LIMIT $3) t ORDER BY id"
             );
             let rows = sqlx::query(&sql)
                 .bind(dag_id)
                 .bind(state.map(DagRunState::as_str))
                 .bind(limit_of(limit))
+                .bind(run_id)
                 .fetch_all(pool)
                 .await?;
             rows.into_iter()
@@ -349,6 +427,27 @@ impl Store {
                 })
                 .collect()
         })
+    }
+
+    /// The events of `ids` (a run's `consumed_events`), by id, each once; an id with no event
+    /// is left out.
+    pub async fn events_by_ids(&self, ids: &[i64]) -> Result<Vec<EventRow>> {
+        let mut ids = ids.to_vec();
+        ids.sort_unstable();
+        ids.dedup();
+        let mut events: Vec<EventRow> = Vec::with_capacity(ids.len());
+        with_db!(self, pool => {
+            for chunk in ids.chunks(super::CHUNK) {
+                let mut qb = sqlx::QueryBuilder::new(
+                    "SELECT e.id, a.name, a.uri, e.timestamp, e.extra, e.source, e.dedup_key \
+                     FROM asset_event e JOIN asset a ON a.id = e.asset_id WHERE e.id IN ",
+                );
+                super::push_in_list(&mut qb, chunk);
+                events.extend(qb.build_query_as::<EventRow>().fetch_all(pool).await?);
+            }
+        });
+        events.sort_by_key(|e| e.id);
+        Ok(events)
     }
 }
 

@@ -389,6 +389,14 @@ impl Store {
         }
     }
 
+    /// One round trip to the database (`/health`).
+    pub async fn ping(&self) -> Result<()> {
+        with_db!(self, pool => {
+            sqlx::query("SELECT 1").execute(pool).await?;
+            Ok(())
+        })
+    }
+
     /// Waits for in-flight statements and closes the pool.
     pub async fn close(&self) {
         with_db!(self, pool => pool.close().await)

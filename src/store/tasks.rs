@@ -133,7 +133,7 @@ pub struct Recorded {
 }
 
 /// One row of `tasks list`.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct TaskRow {
     pub dag_id: String,
     pub run_id: String,

@@ -106,13 +106,15 @@ impl Store {
 
     /// Airflow's `Trigger.assign_unassigned` for watcher triggers: claims, oldest first, triggers
     /// that have no owner or whose owner is not alive (no heartbeat since `alive_since`), up to
-    /// `capacity` in total and `max_per_loop` in this call.
+    /// `capacity` in total and `max_per_loop` in this call. Triggers of `skip_classpaths` (the
+    /// pushed ones, webhooks, which no triggerer runs) are never claimed.
     pub async fn assign_unassigned(
         &self,
         job_id: JobId,
         capacity: usize,
         max_per_loop: usize,
         alive_since: DateTime<Utc>,
+        skip_classpaths: &[&str],
     ) -> Result<Claim> {
         let lock = self.skip_locked();
         with_db!(self, pool => {
@@ -134,16 +136,19 @@ impl Store {
                         OR EXISTS (SELECT 1 FROM task_instance ti WHERE ti.trigger_id = t.id AND ti.state = 'deferred')) \
                  AND (t.triggerer_id IS NULL OR t.triggerer_id NOT IN ( \
                      SELECT j.id FROM job j WHERE j.end_date IS NULL AND j.job_type = $1 \
-                     AND j.latest_heartbeat > $2)) \
+                     AND j.latest_heartbeat > $2)){skip} \
                  ORDER BY CASE WHEN EXISTS (SELECT 1 FROM task_instance ti WHERE ti.trigger_id = t.id) THEN 0 ELSE 1 END, \
-                 t.created_date, t.id LIMIT $3{lock}"
+                 t.created_date, t.id LIMIT $3{lock}",
+                skip = not_in_classpaths(skip_classpaths, 4),
             );
-            let ids: Vec<i64> = sqlx::query_scalar(&sql)
+            let mut query = sqlx::query_scalar(&sql)
                 .bind(TRIGGERER_JOB)
                 .bind(alive_since)
-                .bind(limit)
-                .fetch_all(&mut *tx)
-                .await?;
+                .bind(limit);
+            for classpath in skip_classpaths {
+                query = query.bind(*classpath);
+            }
+            let ids: Vec<i64> = query.fetch_all(&mut *tx).await?;
             for chunk in ids.chunks(CHUNK) {
                 let mut qb = sqlx::QueryBuilder::new("UPDATE trigger SET triggerer_id = ");
                 qb.push_bind(job_id).push(" WHERE id IN ");
@@ -152,6 +157,49 @@ impl Store {
             }
             tx.commit().await?;
             Ok(Claim { claimed: ids.len(), owned: owned + ids.len() })
+        })
+    }
+
+    /// The triggers of `classpaths` that watch at least one active asset, by id, with their
+    /// kwargs as stored (environment references unresolved): what the HTTP server serves
+    /// webhooks for (`classpaths` being the registry's pushed ones).
+    pub async fn watched_triggers_by_classpath(
+        &self,
+        classpaths: &[&str],
+    ) -> Result<Vec<(TriggerId, String, Value)>> {
+        if classpaths.is_empty() {
+            return Ok(Vec::new());
+        }
+        let placeholders = (1..=classpaths.len())
+            .map(|i| format!("${i}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!(
+            "SELECT t.id, t.classpath, t.kwargs FROM trigger t \
+             WHERE t.classpath IN ({placeholders}) \
+             AND EXISTS (SELECT 1 FROM asset_watcher w JOIN asset a ON a.id = w.asset_id \
+                         WHERE w.trigger_id = t.id AND a.is_active = TRUE) \
+             ORDER BY t.id"
+        );
+        with_db!(self, pool => {
+            let mut query = sqlx::query(&sql);
+            for classpath in classpaths {
+                query = query.bind(*classpath);
+            }
+            query
+                .fetch_all(pool)
+                .await?
+                .into_iter()
+                .map(|row| {
+                    let kwargs: String = row.try_get("kwargs")?;
+                    Ok((
+                        TriggerId::new(row.try_get("id")?),
+                        row.try_get("classpath")?,
+                        // As `triggers_for`: a row that does not parse is refused when used.
+                        serde_json::from_str(&kwargs).unwrap_or(Value::String(kwargs)),
+                    ))
+                })
+                .collect()
         })
     }
 
@@ -238,5 +286,200 @@ impl Store {
                 .await?;
             Ok(())
         })
+    }
+}
+
+/// ` AND t.classpath NOT IN ($first, …)` for `classpaths` (bound from parameter `first` on), or
+/// nothing when there are none.
+fn not_in_classpaths(classpaths: &[&str], first: usize) -> String {
+    if classpaths.is_empty() {
+        return String::new();
+    }
+    let placeholders = (first..first + classpaths.len())
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(" AND t.classpath NOT IN ({placeholders})")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::store::{AssetPlan, SyncPlan, WatcherPlan};
+
+    const WEBHOOK: &str = "http.WebhookTrigger";
+
+    fn asset(name: &str, classpath: &str, kwargs: Value) -> AssetPlan {
+        AssetPlan {
+            name: name.into(),
+            uri: name.into(),
+            fileloc: "defs.toml".into(),
+            watchers: vec![WatcherPlan {
+                name: "w".into(),
+                classpath: classpath.into(),
+                kwargs: kwargs.to_string(),
+                hash: format!("hash-{name}"),
+            }],
+        }
+    }
+
+    fn plan(assets: Vec<AssetPlan>) -> SyncPlan {
+        SyncPlan {
+            assets,
+            ..SyncPlan::default()
+        }
+    }
+
+    /// A pushed trigger is never claimed, is `pushed` in the listing, and is served while it
+    /// watches an active asset.
+    async fn pushed_triggers_are_served_not_claimed(store: Store) {
+        let hook_kwargs = json!({ "path": "github", "secret": { "env": "GH_SECRET" } });
+        let file = asset("files", "file.FileTrigger", json!({ "filepath": "/in" }));
+        let hook = asset("pushes", WEBHOOK, hook_kwargs.clone());
+        store
+            .apply_definitions(&plan(vec![file.clone(), hook]))
+            .await
+            .expect("sync");
+        let job = store
+            .create_job(TRIGGERER_JOB, "h", None)
+            .await
+            .expect("job");
+        let alive_since = crate::time::now() - chrono::Duration::seconds(30);
+        let claim = store
+            .assign_unassigned(job, 10, 50, alive_since, &[WEBHOOK])
+            .await
+            .expect("claim");
+        assert_eq!(
+            claim,
+            Claim {
+                claimed: 1,
+                owned: 1
+            }
+        );
+        let owned = store.triggers_for(job).await.expect("owned");
+        assert_eq!(owned.len(), 1);
+        assert_eq!(owned[0].classpath, "file.FileTrigger");
+
+        let served = store
+            .watched_triggers_by_classpath(&[WEBHOOK, "other.Pushed"])
+            .await
+            .expect("served");
+        assert_eq!(served.len(), 1);
+        assert_eq!(served[0].1, WEBHOOK);
+        assert_eq!(served[0].2, hook_kwargs, "kwargs as stored, reference kept");
+        assert!(store
+            .watched_triggers_by_classpath(&[])
+            .await
+            .expect("none asked")
+            .is_empty());
+
+        let threshold = Duration::from_secs(30);
+        let rows = store
+            .list_triggers_with(threshold, &[WEBHOOK])
+            .await
+            .expect("list");
+        let state = |rows: &[crate::store::TriggerRow], classpath: &str| {
+            rows.iter()
+                .find(|r| r.classpath == classpath)
+                .map(|r| r.state)
+        };
+        assert_eq!(state(&rows, WEBHOOK), Some("pushed"));
+        assert_eq!(state(&rows, "file.FileTrigger"), Some("running"));
+        let rows = store.list_triggers(threshold).await.expect("list");
+        assert_eq!(state(&rows, WEBHOOK), Some("unassigned"), "not told");
+
+        // Its asset no longer defined: nothing serves it.
+        store
+            .apply_definitions(&plan(vec![file]))
+            .await
+            .expect("sync");
+        assert!(store
+            .watched_triggers_by_classpath(&[WEBHOOK])
+            .await
+            .expect("served")
+            .is_empty());
+    }
+
+    /// Without the skip list the same claim takes the webhook: the skip is what kept it out.
+    async fn the_skip_list_is_what_keeps_them_out(store: Store) {
+        let hook = asset("pushes", WEBHOOK, json!({ "path": "gh", "secret": "s" }));
+        store
+            .apply_definitions(&plan(vec![hook]))
+            .await
+            .expect("sync");
+        let job = store
+            .create_job(TRIGGERER_JOB, "h", None)
+            .await
+            .expect("job");
+        let alive_since = crate::time::now() - chrono::Duration::seconds(30);
+        let skip = ["other.Pushed", WEBHOOK];
+        let claim = store
+            .assign_unassigned(job, 10, 50, alive_since, &skip)
+            .await
+            .expect("claim");
+        assert_eq!(claim.claimed, 0);
+        let claim = store
+            .assign_unassigned(job, 10, 50, alive_since, &[])
+            .await
+            .expect("claim");
+        assert_eq!(claim.claimed, 1);
+    }
+
+    async fn sqlite() -> (Store, tempfile::TempDir) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite://{}", dir.path().join("test.db").display());
+        (Store::connect(&url).await.expect("open sqlite"), dir)
+    }
+
+    #[tokio::test]
+    async fn sqlite_pushed_triggers_are_served_not_claimed() {
+        let (store, _dir) = sqlite().await;
+        pushed_triggers_are_served_not_claimed(store).await;
+    }
+
+    #[tokio::test]
+    async fn sqlite_the_skip_list_is_what_keeps_them_out() {
+        let (store, _dir) = sqlite().await;
+        the_skip_list_is_what_keeps_them_out(store).await;
+    }
+
+    /// A fresh PostgreSQL database, as `tests/common` makes them.
+    #[cfg(feature = "integration-postgres")]
+    async fn postgres() -> Store {
+        use sqlx::Connection;
+        let admin_url = std::env::var("TRIGGERER_TEST_POSTGRES_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_string());
+        let mut admin = sqlx::PgConnection::connect(&admin_url)
+            .await
+            .unwrap_or_else(|e| panic!("PostgreSQL is not reachable at {admin_url} ({e})"));
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let name = format!("trg_unit_{}_{nanos}", std::process::id());
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut admin)
+            .await
+            .expect("create test database");
+        let base = admin_url.rsplit_once('/').map_or(&*admin_url, |(b, _)| b);
+        Store::connect(&format!("{base}/{name}"))
+            .await
+            .expect("open postgres")
+    }
+
+    #[cfg(feature = "integration-postgres")]
+    #[tokio::test]
+    async fn postgres_pushed_triggers_are_served_not_claimed() {
+        pushed_triggers_are_served_not_claimed(postgres().await).await;
+    }
+
+    #[cfg(feature = "integration-postgres")]
+    #[tokio::test]
+    async fn postgres_the_skip_list_is_what_keeps_them_out() {
+        the_skip_list_is_what_keeps_them_out(postgres().await).await;
     }
 }

@@ -14,6 +14,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tracing::{error, info, warn};
 use triggerer_sdk::CancellationToken;
 
+use crate::metrics;
 use crate::registry::ProviderRegistry;
 use crate::store::{JobId, Store, StoreError};
 use supervisor::Supervisor;
@@ -66,17 +67,27 @@ pub async fn run(
         .await?;
     info!(job_id = %job_id, capacity = options.capacity, "triggerer started");
 
-    let (events, writer) =
-        writer::spawn(store.clone(), job_id, options.channel_capacity, committed);
+    let (events, writer) = writer::spawn(
+        store.clone(),
+        Some(job_id),
+        options.channel_capacity,
+        committed,
+    );
     let mut reported_failing = false;
+    // Webhooks' triggers are the HTTP server's: never claimed here.
+    let pushed = registry.pushed_classpaths();
     let mut supervisor = Supervisor::new(registry, store.clone(), events, options.shutdown_grace);
     let mut ticker = tokio::time::interval(options.loop_interval);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut last_heartbeat: Option<Instant> = None;
     let mut last_heartbeat_ok = Instant::now();
     let mut last_report = Instant::now();
+    // This triggerer's part of the process's gauges; dropped (taken back) when it stops.
+    let mut gauges = metrics::TriggererGauges::new();
 
     loop {
+        // Before each wait: whatever the last round changed is what a scrape meanwhile sees.
+        gauges.set(supervisor.running(), options.capacity, supervisor.failing());
         tokio::select! {
             _ = shutdown.cancelled() => break,
             report = supervisor.next_report() => supervisor.on_report(report).await,
@@ -84,7 +95,7 @@ pub async fn run(
             // (a 1 s delay would be most of a short deferral's latency).
             _ = deferred.notified() => {
                 if writer.health.failing().is_none() && last_heartbeat_ok.elapsed() <= options.health_threshold {
-                    if let Err(e) = sync_assignment(&store, &mut supervisor, job_id, &options).await {
+                    if let Err(e) = sync_assignment(&store, &mut supervisor, job_id, &options, &pushed).await {
                         warn!(error = %e, "cannot refresh trigger assignment; keeping the current set");
                     }
                 }
@@ -127,7 +138,7 @@ pub async fn run(
                     }
                     continue;
                 }
-                if let Err(e) = sync_assignment(&store, &mut supervisor, job_id, &options).await {
+                if let Err(e) = sync_assignment(&store, &mut supervisor, job_id, &options, &pushed).await {
                     warn!(error = %e, "cannot refresh trigger assignment; keeping the current set");
                 }
                 if last_report.elapsed() >= Duration::from_secs(60) {
@@ -140,6 +151,7 @@ pub async fn run(
 
     info!("triggerer stopping");
     supervisor.shutdown().await;
+    drop(gauges);
     // Dropping the supervisor drops the last event sender: the writer drains and exits. One
     // still failing after the grace gives up: its events were never acknowledged.
     drop(supervisor);
@@ -168,6 +180,7 @@ async fn sync_assignment(
     supervisor: &mut Supervisor,
     job_id: JobId,
     options: &TriggererOptions,
+    pushed: &[&str],
 ) -> Result<(), StoreError> {
     let threshold = chrono::Duration::from_std(options.health_threshold)
         .unwrap_or_else(|_| chrono::Duration::seconds(30));
@@ -178,6 +191,7 @@ async fn sync_assignment(
             options.capacity,
             options.max_triggers_per_loop,
             alive_since,
+            pushed,
         )
         .await?;
     if claim.claimed > 0 {

@@ -17,6 +17,7 @@ use triggerer_sdk::{
     TriggerId, Warning, WarningSink,
 };
 
+use crate::metrics;
 use crate::registry::ProviderRegistry;
 use crate::secrets;
 use crate::store::{AssignedTrigger, Store};
@@ -110,6 +111,14 @@ impl Supervisor {
         self.running.len()
     }
 
+    /// Triggers that failed and now wait out their restart backoff (not running).
+    pub fn failing(&self) -> usize {
+        self.backoff
+            .keys()
+            .filter(|id| !self.running.contains_key(id))
+            .count()
+    }
+
     /// Whether the assignment must be read again: the database says this process owns `owned`
     /// triggers and the last reconcile saw another number, or a failed trigger's backoff is over.
     pub fn needs_refresh(&self, owned: usize) -> bool {
@@ -187,6 +196,7 @@ impl Supervisor {
                 .and_then(|kwargs| {
                     provider
                         .build(&kwargs)
+                        .map(|built| (provider.name(), built))
                         .map_err(|e| format!("cannot build trigger: {e}"))
                 }),
             None => Err(format!(
@@ -195,7 +205,7 @@ impl Supervisor {
                 self.registry.canonical_classpaths().join(", ")
             )),
         };
-        let event_trigger = match built {
+        let (provider, event_trigger) = match built {
             Ok(t) => t,
             Err(message) => {
                 self.failed(trigger.id, &scrubber, &message, None).await;
@@ -207,12 +217,13 @@ impl Supervisor {
         let cancel = CancellationToken::new();
         let ctx = TriggerContext {
             trigger_id: trigger.id,
-            sink: EventSink::new(trigger.id, self.events.clone()),
+            sink: EventSink::new(trigger.id, provider, self.events.clone()),
             warnings: WarningSink::new(trigger.id, self.warnings_tx.clone()),
             checkpoint,
             cancel: cancel.clone(),
         };
         let trigger_id = trigger.id;
+        metrics::provider_started(provider);
         let abort = self.tasks.spawn(event_trigger.run(ctx));
         self.task_of.insert(abort.id(), (trigger_id, generation));
         info!(trigger_id = %trigger_id, classpath = %trigger.classpath, "trigger started");

@@ -274,6 +274,7 @@ async fn every_new_file_is_emitted_once_with_its_payload() {
         let mtime_ns = i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec());
         assert_eq!(kind_of(event), "created", "{}", event.payload);
         assert_eq!(event.payload["size"], json!(meta.len()));
+        assert_eq!(event.source_time, Some(meta.modified().expect("mtime")));
         let name = Path::new(&path)
             .file_name()
             .and_then(|n| n.to_str())

@@ -8,7 +8,7 @@ use std::ffi::OsString;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -67,6 +67,11 @@ impl Identity {
             mtime_ns,
             birth_ns,
         })
+    }
+
+    /// The file's mtime: when the source (whoever wrote the file) says the occurrence happened.
+    fn mtime(&self) -> Option<SystemTime> {
+        system_time(self.mtime_ns)
     }
 
     /// Whether `other`, seen at the same path, is another file rather than this one rewritten.
@@ -182,6 +187,20 @@ fn identity_of(meta: &std::fs::Metadata) -> Identity {
         inode: 0,
         mtime_ns,
         birth_ns: birth_ns(meta),
+    }
+}
+
+/// The instant `ns` nanoseconds from the Unix epoch (before it when negative); `None` when
+/// `SystemTime` cannot hold it.
+fn system_time(ns: i128) -> Option<SystemTime> {
+    let since = Duration::new(
+        u64::try_from(ns.unsigned_abs() / 1_000_000_000).ok()?,
+        (ns.unsigned_abs() % 1_000_000_000) as u32,
+    );
+    if ns >= 0 {
+        UNIX_EPOCH.checked_add(since)
+    } else {
+        UNIX_EPOCH.checked_sub(since)
     }
 }
 
@@ -411,8 +430,9 @@ impl Watch {
                 .encode(info.path.as_os_str().as_encoded_bytes())
                 .into();
         }
-        let event = Event::new(payload, format!("file:{key}:{identity}"))
+        let mut event = Event::new(payload, format!("file:{key}:{identity}"))
             .with_checkpoint(key.into_owned(), identity.to_string());
+        event.source_time = identity.mtime();
         debug!(path = %path, event = label, %identity, "file event");
         // Recorded before the commit so that a second event for the same file while this one is
         // in flight is recognised as a duplicate.
@@ -853,5 +873,29 @@ impl EventTrigger for FileTrigger {
             }
             Err(Halt::Failed(e)) => Err(e),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_source_time_is_the_mtime_to_the_nanosecond() {
+        let identity = Identity {
+            inode: 7,
+            mtime_ns: 1_700_000_000_123_456_789,
+            birth_ns: None,
+        };
+        assert_eq!(
+            identity.mtime(),
+            Some(UNIX_EPOCH + Duration::new(1_700_000_000, 123_456_789))
+        );
+        assert_eq!(system_time(0), Some(UNIX_EPOCH));
+        assert_eq!(
+            system_time(-1_500_000_000),
+            Some(UNIX_EPOCH - Duration::from_millis(1_500))
+        );
+        assert_eq!(system_time(i128::MAX), None);
     }
 }

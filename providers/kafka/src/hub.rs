@@ -411,12 +411,15 @@ async fn consume(
                 }
                 let payload = received.payload();
                 let dedup_key = received.dedup_key(&shared.cluster);
+                let source_time = received.source_time();
                 // Room is checked once per message, so one fanned out to several watchers may
                 // go past the bound by a few: splitting a message would hold its partition.
                 for (_, sink) in sinks {
                     // Waiting here when the core's queue is full is the backpressure.
+                    let mut event = Event::new(payload.clone(), dedup_key.clone());
+                    event.source_time = source_time;
                     let delivery = sink
-                        .submit(Event::new(payload.clone(), dedup_key.clone()))
+                        .submit(event)
                         .await
                         .map_err(|e| format!("cannot hand over {dedup_key}: {e}"))?;
                     let ticket = marks.track(slot.clone(), received.offset);

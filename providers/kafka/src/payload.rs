@@ -1,6 +1,8 @@
 //! A Kafka message as an event payload and dedup key. Nothing is dropped: a value that is JSON
 //! is kept as JSON, text as text, anything else as base64, and `value_encoding` says which.
 
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
 use base64::Engine as _;
 use serde_json::{json, Map, Value};
 
@@ -13,6 +15,8 @@ pub struct Received {
     pub key: Option<Vec<u8>>,
     pub value: Option<Vec<u8>>,
     pub headers: Vec<(String, Option<Vec<u8>>)>,
+    /// The message's timestamp (CreateTime or LogAppendTime, whichever the topic keeps), in
+    /// milliseconds since the Unix epoch; `None` when the broker has none.
     pub timestamp_ms: Option<i64>,
 }
 
@@ -75,6 +79,13 @@ impl Received {
             "headers": headers,
             "timestamp": self.timestamp_ms,
         })
+    }
+
+    /// When the message says it was produced (or appended to the log): its timestamp, if it
+    /// has a valid one (librdkafka reports a missing one as `-1`).
+    pub fn source_time(&self) -> Option<SystemTime> {
+        let ms = u64::try_from(self.timestamp_ms?).ok()?;
+        UNIX_EPOCH.checked_add(Duration::from_millis(ms))
     }
 
     /// `kafka:CLUSTER/TOPIC/PARTITION/OFFSET`: the same message redelivered has the same key.
@@ -185,6 +196,19 @@ mod tests {
             };
             proptest::prop_assert_eq!(recovered, bytes);
         }
+    }
+
+    #[test]
+    fn the_source_time_is_the_message_timestamp() {
+        assert_eq!(
+            message(None).source_time(),
+            Some(UNIX_EPOCH + Duration::from_millis(1_700_000_000_000))
+        );
+        let mut m = message(None);
+        m.timestamp_ms = None;
+        assert_eq!(m.source_time(), None);
+        m.timestamp_ms = Some(-1);
+        assert_eq!(m.source_time(), None);
     }
 
     #[test]

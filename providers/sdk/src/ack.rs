@@ -427,7 +427,7 @@ mod tests {
 
     fn sink(capacity: usize) -> (EventSink, mpsc::Receiver<Envelope>) {
         let (tx, rx) = mpsc::channel(capacity);
-        (EventSink::new(crate::TriggerId::new(1), tx), rx)
+        (EventSink::new(crate::TriggerId::new(1), "test", tx), rx)
     }
 
     fn event(key: &str) -> Event {

@@ -1,6 +1,8 @@
 //! What a trigger emits ([`Event`]) and what it learns back once the event is durable
 //! ([`Committed`]).
 
+use std::time::SystemTime;
+
 use serde_json::Value;
 
 /// One external occurrence, as a trigger reports it.
@@ -18,6 +20,11 @@ pub struct Event {
     /// Trigger state to commit in the same transaction as the event, so that after a crash the
     /// trigger resumes from exactly what was committed.
     pub checkpoint: Option<Checkpoint>,
+    /// When the source says the occurrence happened: a Kafka message's timestamp, an SQS
+    /// message's `SentTimestamp`, a file's mtime. `None` when the source does not say. It is
+    /// not stored; the core measures how old events are when they commit
+    /// (`triggerer_event_age_at_commit_seconds`).
+    pub source_time: Option<SystemTime>,
 }
 
 impl Event {
@@ -26,7 +33,14 @@ impl Event {
             payload,
             dedup_key: dedup_key.into(),
             checkpoint: None,
+            source_time: None,
         }
+    }
+
+    /// Sets when the source says the occurrence happened (see [`Event::source_time`]).
+    pub fn with_source_time(mut self, at: SystemTime) -> Self {
+        self.source_time = Some(at);
+        self
     }
 
     pub fn with_checkpoint(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {

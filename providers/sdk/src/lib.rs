@@ -2,7 +2,9 @@
 //!
 //! A *provider* (one crate under `providers/`) answers to one or more classpaths, validates the
 //! kwargs of a trigger without any I/O, and builds an [`EventTrigger`]: repeatable (a watcher,
-//! or a deferred task's wait) or, by its [`TriggerKind`], one-shot (a task's wait only). It implements
+//! or a deferred task's wait) or, by its [`TriggerKind`], one-shot (a task's wait only); or, as
+//! a webhook's, its triggers are [`TriggerKind::Pushed`]: nothing runs them, the core's HTTP
+//! server hands it each request ([`PushRequest`]) for the event it stands for. It implements
 //! [`TypedProvider`]: its kwargs are a serde type (built from the rules in [`de`]), parsed by
 //! one function with errors naming the full path; the core holds it as a [`Provider`]. The core runs every
 //! trigger in its own task and hands it a [`TriggerContext`]: an [`EventSink`] to emit through,
@@ -39,8 +41,8 @@ pub use event::{nul_in_json, Checkpoint, Committed, Event};
 pub use id::TriggerId;
 pub use kwargs::parse_kwargs;
 pub use provider::{
-    fire_once, parse_params, EventTrigger, Provider, Refusal, TriggerContext, TriggerKind,
-    TypedProvider,
+    fire_once, parse_params, EventTrigger, Provider, PushRefusal, PushRefusalKind, PushRequest,
+    Refusal, TriggerContext, TriggerKind, TypedProvider,
 };
 pub use sensitive::{is_sensitive_key, redact_uri, uri_passwords};
 pub use sink::{Delivery, Envelope, EventSink};

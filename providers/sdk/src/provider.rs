@@ -1,14 +1,17 @@
 //! The traits of a provider: [`TypedProvider`] (what a provider implements: its params as a
 //! serde type, and how to build a trigger from them), [`Provider`] (the object-safe factory the
 //! core's registry holds, one per crate, derived from it), [`EventTrigger`] (one running
-//! trigger) and [`TriggerKind`] (whether its triggers repeat, as a watcher needs, or fire once,
-//! as a deferred task's may).
+//! trigger) and [`TriggerKind`] (whether its triggers repeat, as a watcher needs, fire once,
+//! as a deferred task's may, or are pushed to the core, as a webhook's are). A pushed trigger
+//! is never run: the core's HTTP server receives each request ([`PushRequest`]) and asks the
+//! provider for its event, or for why it refuses it ([`PushRefusal`]).
 
 use std::collections::HashMap;
 
 use async_trait::async_trait;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
+use thiserror::Error;
 use tokio_util::sync::CancellationToken;
 
 use crate::kwargs::parse_kwargs;
@@ -22,8 +25,8 @@ pub trait Provider: Send + Sync + 'static {
     /// Short name, e.g. `file`; shown in logs and `triggers list`.
     fn name(&self) -> &'static str;
 
-    /// Whether this provider's triggers are repeatable (watchers and task waits) or fire once
-    /// (task waits only).
+    /// Whether this provider's triggers are repeatable (watchers and task waits), fire once
+    /// (task waits only) or are pushed to the core (watchers only, never run).
     fn kind(&self) -> TriggerKind {
         TriggerKind::Event
     }
@@ -54,6 +57,26 @@ pub trait Provider: Send + Sync + 'static {
     /// Builds a trigger from validated kwargs. Connecting happens in [`EventTrigger::run`], so
     /// that an unreachable source becomes a restart with backoff, not a build failure.
     fn build(&self, kwargs: &Value) -> Result<Box<dyn EventTrigger>, KwargsError>;
+
+    /// For a [`TriggerKind::Pushed`] trigger with these kwargs (references resolved, as for
+    /// [`Self::build`]), the path its requests are pushed to, below the core's `/webhooks/`
+    /// (`github` for `POST /webhooks/github`); `None` for any other trigger, or kwargs that do
+    /// not validate. No I/O.
+    fn push_path(&self, _kwargs: &Value) -> Option<String> {
+        None
+    }
+
+    /// The event one request pushed to a [`TriggerKind::Pushed`] trigger with these kwargs
+    /// (references resolved) stands for, or why it is refused: a signature that does not
+    /// verify is [`PushRefusalKind::Unauthorized`], and the core records nothing. No I/O. Any
+    /// other trigger refuses every request ([`PushRefusalKind::BadRequest`]).
+    fn accept_push(
+        &self,
+        _kwargs: &Value,
+        _request: &PushRequest<'_>,
+    ) -> Result<Event, PushRefusal> {
+        Err(PushRefusal::not_pushed())
+    }
 }
 
 /// A provider as its crate writes it: its kwargs are a serde type, [`Self::Params`], and
@@ -108,8 +131,25 @@ pub trait TypedProvider: Send + Sync + 'static {
     }
 
     /// Builds a trigger from params that passed [`Self::check`]. Connecting happens in
-    /// [`EventTrigger::run`] (see [`Provider::build`]).
+    /// [`EventTrigger::run`] (see [`Provider::build`]). A [`TriggerKind::Pushed`] provider,
+    /// whose triggers nothing runs, refuses with a [`KwargsError`] saying where they are served.
     fn build_trigger(&self, params: Self::Params) -> Result<Box<dyn EventTrigger>, KwargsError>;
+
+    /// [`Provider::push_path`] from params that passed [`Self::check`]. A
+    /// [`TriggerKind::Pushed`] provider must give one for every valid params.
+    fn pushed_at(&self, _params: &Self::Params) -> Option<String> {
+        None
+    }
+
+    /// [`Provider::accept_push`] from params that passed [`Self::check`]: the event `request`
+    /// stands for, or why it is refused. No I/O.
+    fn push_event(
+        &self,
+        _params: Self::Params,
+        _request: &PushRequest<'_>,
+    ) -> Result<Event, PushRefusal> {
+        Err(PushRefusal::not_pushed())
+    }
 }
 
 /// A kwarg (or several spellings of one) that is refused, and what to write instead.
@@ -176,6 +216,79 @@ impl<P: TypedProvider> Provider for P {
     fn build(&self, kwargs: &Value) -> Result<Box<dyn EventTrigger>, KwargsError> {
         self.build_trigger(parse_params(self, kwargs)?)
     }
+
+    fn push_path(&self, kwargs: &Value) -> Option<String> {
+        self.pushed_at(&parse_params(self, kwargs).ok()?)
+    }
+
+    fn accept_push(&self, kwargs: &Value, request: &PushRequest<'_>) -> Result<Event, PushRefusal> {
+        let params = parse_params(self, kwargs).map_err(|e| {
+            PushRefusal::bad_request(format!("the trigger's kwargs do not validate: {e}"))
+        })?;
+        self.push_event(params, request)
+    }
+}
+
+/// One HTTP request pushed to the core for a [`TriggerKind::Pushed`] trigger, in no HTTP
+/// library's types.
+#[derive(Debug, Clone, Copy)]
+pub struct PushRequest<'a> {
+    /// The path below `/webhooks/`, as [`Provider::push_path`] gives it (`github`).
+    pub path: &'a str,
+    /// Every header in the order received, a repeated one once per value: names lowercase,
+    /// values as the raw bytes.
+    pub headers: &'a [(String, Vec<u8>)],
+    /// The raw body, exactly as received (signatures are over these bytes).
+    pub body: &'a [u8],
+}
+
+impl<'a> PushRequest<'a> {
+    /// The value of the first header called `name` (in any case), if there is one.
+    pub fn header(&self, name: &str) -> Option<&'a [u8]> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, value)| value.as_slice())
+    }
+}
+
+/// Why a pushed request makes no event. Its message is answered to whoever sent the request:
+/// it names what is wrong (a header, a kwarg) and never a secret or an expected signature.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("{message}")]
+pub struct PushRefusal {
+    pub kind: PushRefusalKind,
+    pub message: String,
+}
+
+/// What kind of refusal a [`PushRefusal`] is, which the core answers as an HTTP status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PushRefusalKind {
+    /// The request is not from whom the trigger trusts (a missing or wrong signature): 401.
+    Unauthorized,
+    /// The request, or the trigger it was pushed to, cannot make an event: 400.
+    BadRequest,
+}
+
+impl PushRefusal {
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self {
+            kind: PushRefusalKind::Unauthorized,
+            message: message.into(),
+        }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self {
+            kind: PushRefusalKind::BadRequest,
+            message: message.into(),
+        }
+    }
+
+    /// What a trigger that is not [`TriggerKind::Pushed`] answers to every request.
+    fn not_pushed() -> Self {
+        Self::bad_request("not a pushed trigger")
+    }
 }
 
 /// What a provider's triggers are (Airflow's `BaseEventTrigger` versus a plain trigger).
@@ -187,6 +300,11 @@ pub enum TriggerKind {
     /// Fires once and is done (a moment reached, an external run finished): only a deferred
     /// task's trigger. Its `run` emits one event with [`fire_once`].
     OneShot,
+    /// Its events are pushed to the core (a webhook): no triggerer runs it, and it can only
+    /// watch an asset. The core's HTTP server receives each request at the trigger's
+    /// [`Provider::push_path`] and asks the provider to turn it into an event
+    /// ([`Provider::accept_push`]), which it writes for every asset the watcher feeds.
+    Pushed,
 }
 
 /// A running trigger: emits one event per external occurrence until cancelled.
@@ -219,4 +337,126 @@ pub struct TriggerContext {
     pub checkpoint: HashMap<String, String>,
     /// Fires when the trigger is unassigned, removed, or the process shuts down.
     pub cancel: CancellationToken,
+}
+
+#[cfg(test)]
+mod tests {
+    use serde::Deserialize;
+    use serde_json::json;
+
+    use super::*;
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct HookParams {
+        path: String,
+    }
+
+    /// A pushed provider: an event per request, whose body must not be empty.
+    struct Hook;
+
+    impl TypedProvider for Hook {
+        type Params = HookParams;
+        const NAME: &'static str = "hook";
+        const KIND: TriggerKind = TriggerKind::Pushed;
+        const CLASSPATHS: &'static [&'static str] = &["test.Hook"];
+
+        fn build_trigger(&self, _params: HookParams) -> Result<Box<dyn EventTrigger>, KwargsError> {
+            Err(KwargsError::new("", "pushed, never run"))
+        }
+
+        fn pushed_at(&self, params: &HookParams) -> Option<String> {
+            Some(params.path.clone())
+        }
+
+        fn push_event(
+            &self,
+            params: HookParams,
+            request: &PushRequest<'_>,
+        ) -> Result<Event, PushRefusal> {
+            if request.body.is_empty() {
+                return Err(PushRefusal::bad_request("empty body"));
+            }
+            let id = request.header("x-id").unwrap_or_default();
+            Ok(Event::new(
+                json!({ "path": params.path }),
+                String::from_utf8_lossy(id),
+            ))
+        }
+    }
+
+    /// A plain event provider, which keeps every default.
+    struct Plain;
+
+    impl TypedProvider for Plain {
+        type Params = HookParams;
+        const NAME: &'static str = "plain";
+        const CLASSPATHS: &'static [&'static str] = &["test.Plain"];
+
+        fn build_trigger(&self, _params: HookParams) -> Result<Box<dyn EventTrigger>, KwargsError> {
+            Err(KwargsError::new("", "not in this test"))
+        }
+    }
+
+    fn request<'a>(headers: &'a [(String, Vec<u8>)], body: &'a [u8]) -> PushRequest<'a> {
+        PushRequest {
+            path: "gh",
+            headers,
+            body,
+        }
+    }
+
+    #[test]
+    fn headers_are_found_in_any_case_first_value_first() {
+        let headers = [
+            ("x-id".to_string(), b"one".to_vec()),
+            ("x-id".to_string(), b"two".to_vec()),
+        ];
+        let req = request(&headers, b"");
+        assert_eq!(req.header("X-Id"), Some(&b"one"[..]));
+        assert_eq!(req.header("x-ID"), Some(&b"one"[..]));
+        assert_eq!(req.header("x-other"), None);
+    }
+
+    #[test]
+    fn a_pushed_provider_answers_through_the_object_safe_trait() {
+        let hook: &dyn Provider = &Hook;
+        assert_eq!(hook.kind(), TriggerKind::Pushed);
+        let kwargs = json!({ "path": "gh" });
+        assert_eq!(hook.push_path(&kwargs).as_deref(), Some("gh"));
+        let headers = [("x-id".to_string(), b"d-1".to_vec())];
+        let event = hook
+            .accept_push(&kwargs, &request(&headers, b"{}"))
+            .expect("accepted");
+        assert_eq!(event, Event::new(json!({ "path": "gh" }), "d-1"));
+        let refused = hook
+            .accept_push(&kwargs, &request(&headers, b""))
+            .expect_err("refused");
+        assert_eq!(refused, PushRefusal::bad_request("empty body"));
+        assert_eq!(refused.to_string(), "empty body");
+    }
+
+    #[test]
+    fn kwargs_that_do_not_validate_are_a_bad_request_naming_the_kwarg() {
+        let hook: &dyn Provider = &Hook;
+        let kwargs = json!({ "path": "gh", "typo": 1 });
+        assert_eq!(hook.push_path(&kwargs), None);
+        let refused = hook
+            .accept_push(&kwargs, &request(&[], b"{}"))
+            .expect_err("refused");
+        assert_eq!(refused.kind, PushRefusalKind::BadRequest);
+        assert!(refused.message.contains("kwargs.typo"), "{refused}");
+    }
+
+    #[test]
+    fn other_providers_are_not_pushed() {
+        let plain: &dyn Provider = &Plain;
+        assert_eq!(plain.kind(), TriggerKind::Event);
+        let kwargs = json!({ "path": "gh" });
+        assert_eq!(plain.push_path(&kwargs), None);
+        let refused = plain
+            .accept_push(&kwargs, &request(&[], b"{}"))
+            .expect_err("refused");
+        assert_eq!(refused, PushRefusal::bad_request("not a pushed trigger"));
+    }
 }

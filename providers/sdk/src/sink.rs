@@ -13,6 +13,9 @@ use crate::{Committed, EmitError, Event, NotCommitted, TriggerId};
 #[derive(Debug)]
 pub struct Envelope {
     pub trigger_id: TriggerId,
+    /// The short name of the provider whose trigger emitted it ([`crate::Provider::name`]),
+    /// for the core's per-provider metrics.
+    pub provider: &'static str,
     pub event: Event,
     pub ack: oneshot::Sender<Result<Committed, NotCommitted>>,
 }
@@ -21,17 +24,28 @@ pub struct Envelope {
 #[derive(Debug, Clone)]
 pub struct EventSink {
     trigger_id: TriggerId,
+    provider: &'static str,
     tx: mpsc::Sender<Envelope>,
 }
 
 impl EventSink {
-    /// A sink for `trigger_id` feeding `tx`. The core owns the receiving end.
-    pub fn new(trigger_id: TriggerId, tx: mpsc::Sender<Envelope>) -> Self {
-        Self { trigger_id, tx }
+    /// A sink for `trigger_id`, a trigger of the provider named `provider`
+    /// ([`crate::Provider::name`]), feeding `tx`. The core owns the receiving end.
+    pub fn new(trigger_id: TriggerId, provider: &'static str, tx: mpsc::Sender<Envelope>) -> Self {
+        Self {
+            trigger_id,
+            provider,
+            tx,
+        }
     }
 
     pub fn trigger_id(&self) -> TriggerId {
         self.trigger_id
+    }
+
+    /// The short name of the provider whose trigger this sink serves.
+    pub fn provider(&self) -> &'static str {
+        self.provider
     }
 
     /// Queues `event` and returns at once with a [`Delivery`] to await. Waits while the queue is
@@ -41,6 +55,7 @@ impl EventSink {
         let (ack, rx) = oneshot::channel();
         let envelope = Envelope {
             trigger_id: self.trigger_id,
+            provider: self.provider,
             event,
             ack,
         };
@@ -83,10 +98,14 @@ mod tests {
     #[tokio::test]
     async fn a_delivery_resolves_only_when_the_writer_answers() {
         let (tx, mut rx) = mpsc::channel(1);
-        let sink = EventSink::new(crate::TriggerId::new(7), tx);
-        let mut delivery = sink.submit(Event::new(json!(1), "k")).await.unwrap();
+        let sink = EventSink::new(crate::TriggerId::new(7), "test", tx);
+        let sent = std::time::UNIX_EPOCH + std::time::Duration::from_millis(1_700_000_000_123);
+        let event = Event::new(json!(1), "k").with_source_time(sent);
+        let mut delivery = sink.submit(event).await.unwrap();
         let envelope = rx.recv().await.unwrap();
+        assert_eq!(envelope.event.source_time, Some(sent));
         assert_eq!(envelope.trigger_id, crate::TriggerId::new(7));
+        assert_eq!(envelope.provider, "test");
         assert_eq!(envelope.event.dedup_key, "k");
         // Not committed yet: the delivery is still pending.
         assert!(futures::poll!(&mut delivery).is_pending());
@@ -97,7 +116,7 @@ mod tests {
     #[tokio::test]
     async fn a_dropped_answer_or_writer_is_not_a_commit() {
         let (tx, mut rx) = mpsc::channel(1);
-        let sink = EventSink::new(crate::TriggerId::new(1), tx);
+        let sink = EventSink::new(crate::TriggerId::new(1), "test", tx);
         let delivery = sink.submit(Event::new(json!(1), "k")).await.unwrap();
         drop(rx.recv().await.unwrap()); // the writer stopped mid-batch
         assert_eq!(delivery.await, Err(NotCommitted::WriterGone));
@@ -109,7 +128,7 @@ mod tests {
     #[tokio::test]
     async fn a_full_queue_makes_submit_wait() {
         let (tx, mut rx) = mpsc::channel(1);
-        let sink = EventSink::new(crate::TriggerId::new(1), tx);
+        let sink = EventSink::new(crate::TriggerId::new(1), "test", tx);
         let _first = sink.submit(Event::new(json!(1), "a")).await.unwrap();
         let second = sink.submit(Event::new(json!(2), "b"));
         tokio::pin!(second);

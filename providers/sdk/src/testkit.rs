@@ -42,7 +42,7 @@ impl TestRun {
         let cancel = CancellationToken::new();
         let ctx = TriggerContext {
             trigger_id: crate::TriggerId::new(1),
-            sink: EventSink::new(crate::TriggerId::new(1), tx),
+            sink: EventSink::new(crate::TriggerId::new(1), "testkit", tx),
             warnings: WarningSink::new(crate::TriggerId::new(1), warnings_tx),
             checkpoint: checkpoint.clone(),
             cancel: cancel.clone(),

@@ -27,7 +27,7 @@
 mod config;
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use aws_sdk_sqs::types::{
@@ -218,6 +218,19 @@ fn payload(m: &Message) -> Value {
     })
 }
 
+/// When SQS says the message was sent: its `SentTimestamp` system attribute (milliseconds since
+/// the Unix epoch), which every receive asks for (`MessageSystemAttributeName::All`).
+fn sent_time(
+    attributes: Option<&HashMap<MessageSystemAttributeName, String>>,
+) -> Option<SystemTime> {
+    let ms: u64 = attributes?
+        .get(&MessageSystemAttributeName::SentTimestamp)?
+        .trim()
+        .parse()
+        .ok()?;
+    UNIX_EPOCH.checked_add(Duration::from_millis(ms))
+}
+
 /// A received message awaiting its commit: what deleting it, and keeping it hidden meanwhile,
 /// takes.
 #[derive(Debug)]
@@ -276,7 +289,8 @@ impl EventTrigger for SqsSensorTrigger {
                                 warn!(queue = %config.queue_url, "message without id or receipt handle; left for its visibility timeout");
                                 continue;
                             };
-                            let event = Event::new(payload(&m), format!("sqs:{id}"));
+                            let mut event = Event::new(payload(&m), format!("sqs:{id}"));
+                            event.source_time = sent_time(m.attributes.as_ref());
                             let receipt = Receipt { handle, id, hidden_since: Instant::now() };
                             // Waits for room and for the core's queue (backpressure), but not
                             // past a cancel: the messages not handed over come back by
@@ -407,5 +421,54 @@ async fn extend(
         Err(e) => {
             warn!(queue = %config.queue_url, error = %describe(e), "cannot extend visibility; a message may be delivered again (deduplicated)")
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_source_time_is_the_sent_timestamp() {
+        let mut attributes = HashMap::new();
+        attributes.insert(
+            MessageSystemAttributeName::SentTimestamp,
+            "1700000000123".to_string(),
+        );
+        attributes.insert(
+            MessageSystemAttributeName::ApproximateReceiveCount,
+            "1".to_string(),
+        );
+        assert_eq!(
+            sent_time(Some(&attributes)),
+            Some(UNIX_EPOCH + Duration::from_millis(1_700_000_000_123))
+        );
+        // The payload keeps it too, under its AWS name.
+        let message = Message::builder()
+            .message_id("m1")
+            .set_attributes(Some(attributes.clone()))
+            .build();
+        assert_eq!(
+            payload(&message)["attributes"]["SentTimestamp"],
+            "1700000000123"
+        );
+        assert_eq!(
+            sent_time(message.attributes.as_ref()),
+            sent_time(Some(&attributes))
+        );
+    }
+
+    #[test]
+    fn a_missing_or_malformed_sent_timestamp_is_no_source_time() {
+        assert_eq!(sent_time(None), None);
+        let mut attributes = HashMap::new();
+        assert_eq!(sent_time(Some(&attributes)), None);
+        attributes.insert(
+            MessageSystemAttributeName::SentTimestamp,
+            "soon".to_string(),
+        );
+        assert_eq!(sent_time(Some(&attributes)), None);
+        attributes.insert(MessageSystemAttributeName::SentTimestamp, "-5".to_string());
+        assert_eq!(sent_time(Some(&attributes)), None);
     }
 }
