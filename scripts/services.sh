@@ -389,3 +389,67 @@ ensure_schemathesis() {
   export TRIGGERER_TEST_SCHEMATHESIS="$dir/bin/schemathesis"
   echo "schemathesis: $("$TRIGGERER_TEST_SCHEMATHESIS" --version)"
 }
+
+# The message brokers of the DESIGN §13 providers. Each: its TRIGGERER_TEST_* URL as given
+# (e.g. a docker-compose service), else the machine's server on its usual port, started from
+# its Debian package (installed first when missing, which needs root) when it is not running.
+# A started server runs in the foreground of a background job and is stopped at the end.
+_ensure_debian_server() { # name port package binary args...
+  local name=$1 port=$2 package=$3 binary=$4
+  shift 4
+  if port_open 127.0.0.1 "$port"; then
+    echo "$name: already running on 127.0.0.1:$port"
+    return 0
+  fi
+  if ! command -v "$binary" >/dev/null 2>&1; then
+    if [ "${EUID:-$(id -u)}" -ne 0 ]; then
+      echo "$name: $package is not installed, and installing it needs root: apt-get install -y $package" >&2
+      return 1
+    fi
+    echo "$name: installing $package from Debian packages"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$package" >/dev/null || return 1
+    port_open 127.0.0.1 "$port" && { echo "$name: started by its package on 127.0.0.1:$port"; return 0; }
+  fi
+  mkdir -p .services
+  "$binary" "$@" > ".services/$name.log" 2>&1 &
+  STARTED_PIDS+=("$!")
+  wait_for_port 127.0.0.1 "$port" 60 "$name" || return 1
+  echo "$name: started on 127.0.0.1:$port"
+}
+
+ensure_redis() {
+  if [ -n "${TRIGGERER_TEST_REDIS_URL:-}" ]; then
+    echo "redis: using TRIGGERER_TEST_REDIS_URL=$TRIGGERER_TEST_REDIS_URL as given"
+    return 0
+  fi
+  export TRIGGERER_TEST_REDIS_URL="redis://127.0.0.1:6379"
+  _ensure_debian_server redis 6379 redis-server redis-server --port 6379 --save "" --appendonly no
+}
+
+ensure_rabbitmq() {
+  if [ -n "${TRIGGERER_TEST_AMQP_URL:-}" ]; then
+    echo "rabbitmq: using TRIGGERER_TEST_AMQP_URL=$TRIGGERER_TEST_AMQP_URL as given"
+    return 0
+  fi
+  export TRIGGERER_TEST_AMQP_URL="amqp://guest:guest@127.0.0.1:5672/%2f"
+  _ensure_debian_server rabbitmq 5672 rabbitmq-server rabbitmq-server
+}
+
+ensure_mosquitto() {
+  if [ -n "${TRIGGERER_TEST_MQTT_URL:-}" ]; then
+    echo "mosquitto: using TRIGGERER_TEST_MQTT_URL=$TRIGGERER_TEST_MQTT_URL as given"
+    return 0
+  fi
+  export TRIGGERER_TEST_MQTT_URL="mqtt://127.0.0.1:1883"
+  _ensure_debian_server mosquitto 1883 mosquitto mosquitto -p 1883
+}
+
+ensure_nats() {
+  if [ -n "${TRIGGERER_TEST_NATS_URL:-}" ]; then
+    echo "nats: using TRIGGERER_TEST_NATS_URL=$TRIGGERER_TEST_NATS_URL as given"
+    return 0
+  fi
+  export TRIGGERER_TEST_NATS_URL="nats://127.0.0.1:4222"
+  mkdir -p .services/nats
+  _ensure_debian_server nats 4222 nats-server nats-server -js -p 4222 -sd "$PWD/.services/nats"
+}

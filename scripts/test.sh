@@ -14,6 +14,10 @@ ensure_sqs
 ensure_airflow
 ensure_chromium
 ensure_schemathesis
+ensure_redis
+ensure_rabbitmq
+ensure_mosquitto
+ensure_nats
 
 log=$(mktemp)
 trap 'rm -f "$log"; stop_started_services' EXIT

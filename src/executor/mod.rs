@@ -22,7 +22,7 @@ use thiserror::Error;
 use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 use triggerer_sdk::CancellationToken;
 
 use crate::metrics;
@@ -38,8 +38,6 @@ pub const LOG_LIMIT: u64 = 1024 * 1024;
 /// An environment value larger than this goes to a file instead: Linux refuses to start a
 /// program with a single environment string over 128 KiB.
 const ENV_VALUE_LIMIT: usize = 64 * 1024;
-/// How often `executor_deferred_tasks` is counted in the database.
-const DEFERRED_COUNT_INTERVAL: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone)]
 pub struct ExecutorOptions {
@@ -161,10 +159,11 @@ pub async fn run(
         options.heartbeat_interval,
         beating.clone(),
     ));
-    let counter = tokio::spawn(count_deferred(
+    let counter = tokio::spawn(crate::scheduler::count_task_queue(
         store.clone(),
         options.health_threshold,
         beating.clone(),
+        |status| metrics::set_deferred_tasks(status.deferred_tasks),
     ));
     let mut look_after_tick = tokio::time::interval(options.heartbeat_interval);
     let mut deadline: Option<Instant> = None;
@@ -364,31 +363,6 @@ async fn look_after(
             }
         }
         Err(e) => warn!(error = %e, "checking this executor's tries failed"),
-    }
-}
-
-/// Sets `executor_deferred_tasks` from the database every [`DEFERRED_COUNT_INTERVAL`] until
-/// `stop`. On its own task: the count reads every task instance's state (about 0.1 s for a
-/// million on SQLite), which the loop claiming tries must not wait for.
-async fn count_deferred(store: Store, health_threshold: Duration, stop: CancellationToken) {
-    let mut tick = tokio::time::interval(DEFERRED_COUNT_INTERVAL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        let alive_since = crate::time::now()
-            - chrono::Duration::from_std(health_threshold).unwrap_or(chrono::Duration::MAX);
-        let counted = tokio::select! {
-            _ = stop.cancelled() => return,
-            counted = store.status(alive_since) => counted,
-        };
-        match counted {
-            Ok(status) => metrics::set_deferred_tasks(status.deferred_tasks),
-            // The loop's own queries say so when the database is down.
-            Err(e) => debug!(error = %e, "counting deferred task instances failed"),
-        }
     }
 }
 

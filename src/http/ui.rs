@@ -8,6 +8,8 @@
 //! the store's. Every value reaches the page through askama's HTML escaping; nothing from the
 //! database is ever marked safe.
 
+use std::collections::HashMap;
+
 use askama::Template;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
@@ -16,7 +18,6 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use chrono::{DateTime, Utc};
-use futures::{StreamExt as _, TryStreamExt as _};
 use serde_json::Value;
 
 use super::{ApiError, AppState};
@@ -39,8 +40,6 @@ const MAX_RUNS: u64 = 100;
 const MAX_EVENTS: u64 = 100;
 /// Longest JSON (an event's `extra`, a run's `conf`, kwargs) shown in a cell before it is cut.
 const MAX_JSON: usize = 400;
-/// DAGs whose latest run is read at once for the DAGs page.
-const LATEST_RUN_READS: usize = 4;
 
 // ---- what the pages show: pure functions of the read models --------------------------------
 
@@ -477,17 +476,17 @@ fn html(template: &impl Template) -> PageResult {
 /// `GET /`: the DAGs, each with its latest run.
 async fn dags_page(State(state): State<AppState>) -> PageResult {
     let dags = state.store.list_dags().await?;
-    let views: Vec<DagView> = futures::stream::iter(dags)
-        .map(|dag| {
-            let store = state.store.clone();
-            async move {
-                let mut latest = store.list_runs(Some(&dag.dag_id), None, 1).await?;
-                Ok::<_, StoreError>(DagView::new(&dag, latest.pop().as_ref()))
-            }
-        })
-        .buffered(LATEST_RUN_READS)
-        .try_collect()
-        .await?;
+    let latest: HashMap<String, RunRow> = state
+        .store
+        .latest_runs()
+        .await?
+        .into_iter()
+        .map(|run| (run.dag_id.clone(), run))
+        .collect();
+    let views: Vec<DagView> = dags
+        .iter()
+        .map(|dag| DagView::new(dag, latest.get(&dag.dag_id)))
+        .collect();
     html(&DagsPage {
         page: Chrome::new("DAGs", "dags"),
         dags: views,

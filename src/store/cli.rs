@@ -353,12 +353,17 @@ impl Store {
         state: Option<DagRunState>,
         limit: u64,
     ) -> Result<Vec<RunRow>> {
-        self.runs_where(dag_id, None, state, limit).await
+        self.runs_where(dag_id, None, state, limit, false).await
+    }
+
+    /// Every DAG's newest run (the UI's DAG list), in one query.
+    pub async fn latest_runs(&self) -> Result<Vec<RunRow>> {
+        self.runs_where(None, None, None, 0, true).await
     }
 
     /// One run of a DAG (the API's answer to a manual run).
     pub async fn run_row(&self, dag_id: &str, run_id: &str) -> Result<RunRow> {
-        self.runs_where(Some(dag_id), Some(run_id), None, 1)
+        self.runs_where(Some(dag_id), Some(run_id), None, 1, false)
             .await?
             .pop()
             .ok_or_else(|| StoreError::NotFound(format!("DAG `{dag_id}` has no run `{run_id}`")))
@@ -370,7 +375,13 @@ impl Store {
         run_id: Option<&str>,
         state: Option<DagRunState>,
         limit: u64,
+        latest_per_dag: bool,
     ) -> Result<Vec<RunRow>> {
+        let latest = if latest_per_dag {
+            " AND r.id IN (SELECT (SELECT max(x.id) FROM dag_run x WHERE x.dag_id = d.dag_id) FROM dag d)"
+        } else {
+            ""
+        };
         let consumed = match self.engine() {
             super::Engine::Sqlite => "group_concat(event_id, ',')",
             super::Engine::Postgres => "string_agg(event_id::text, ',')",
@@ -393,7 +404,7 @@ impl Store {
                  r.data_interval_start, r.data_interval_end, r.run_after, r.queued_at, r.conf, \
                  (SELECT {consumed} FROM dagrun_asset_event x WHERE x.dag_run_id = r.id) AS consumed \
                  FROM dag_run r WHERE ($1 IS NULL OR r.dag_id = $1) AND ($2 IS NULL OR r.state = $2) \
-                 AND ($4 IS NULL OR r.run_id = $4) ORDER BY r.id DESC LIMIT $3) t ORDER BY id"
+                 AND ($4 IS NULL OR r.run_id = $4){latest} ORDER BY r.id DESC LIMIT $3) t ORDER BY id"
             );
             let rows = sqlx::query(&sql)
                 .bind(dag_id)
