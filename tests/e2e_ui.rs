@@ -19,7 +19,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{KillOnDrop, BIN};
+use common::http::HttpServer;
+use common::BIN;
 use serde_json::{json, Value};
 
 const DAG: &str = "process_orders";
@@ -32,11 +33,6 @@ const SCRIPT: &str =
     "<script>document.title='pwned'</script><img src=x onerror=\"document.title='pwned'\">";
 /// Longest a page may take in the browser.
 const CHROMIUM_TIMEOUT: Duration = Duration::from_secs(60);
-
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
-    listener.local_addr().expect("its address").port()
-}
 
 /// examples/file-watcher/dags.toml with its watched folder moved to `incoming`.
 fn example_definitions(incoming: &Path) -> String {
@@ -64,85 +60,29 @@ fn segment(text: &str) -> String {
         .collect()
 }
 
-/// A running `standalone --dags --http` on a temporary SQLite database.
+/// A running `standalone --dags --http` on a temporary SQLite database, watching `incoming`.
 struct Server {
-    base: String,
-    client: reqwest::Client,
-    process: KillOnDrop,
-    log: PathBuf,
+    http: HttpServer,
     incoming: PathBuf,
-    _dir: tempfile::TempDir,
+}
+
+impl std::ops::Deref for Server {
+    type Target = HttpServer;
+    fn deref(&self) -> &HttpServer {
+        &self.http
+    }
 }
 
 impl Server {
     async fn start() -> Server {
         let dir = tempfile::tempdir().expect("temp dir");
-        let dags = dir.path().join("dags");
         let incoming = dir.path().join("incoming");
-        std::fs::create_dir(&dags).expect("dags dir");
         std::fs::create_dir(&incoming).expect("watched dir");
+        let dags = dir.path().join("dags");
+        std::fs::create_dir(&dags).expect("dags dir");
         common::write_file(&dags, "dags.toml", &example_definitions(&incoming));
-        let db_url = format!("sqlite://{}", dir.path().join("ui.db").display());
-        let port = free_port();
-        let log = dir.path().join("triggerer.log");
-        let process = KillOnDrop(
-            Command::new(BIN)
-                .args(["standalone", "--heartbeat-interval", "0.5"])
-                .arg("--dags")
-                .arg(&dags)
-                .args(["--http", &format!("127.0.0.1:{port}")])
-                .env("TRIGGERER_DATABASE_URL", &db_url)
-                .env_remove("TRIGGERER_API_TOKENS")
-                .stdout(Stdio::null())
-                .stderr(std::fs::File::create(&log).expect("log file"))
-                .spawn()
-                .expect("start triggerer standalone"),
-        );
-        let client = reqwest::Client::builder()
-            .no_proxy()
-            .timeout(Duration::from_secs(30))
-            .build()
-            .expect("HTTP client");
-        let mut server = Server {
-            base: format!("http://127.0.0.1:{port}"),
-            client,
-            process,
-            log,
-            incoming,
-            _dir: dir,
-        };
-        server.wait_until_healthy(60).await;
-        server
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
-    }
-
-    fn log_tail(&self) -> String {
-        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = log.lines().collect();
-        lines[lines.len().saturating_sub(40)..].join("\n")
-    }
-
-    async fn wait_until_healthy(&mut self, secs: u64) {
-        let deadline = Instant::now() + Duration::from_secs(secs);
-        loop {
-            if let Ok(Some(exit)) = self.process.0.try_wait() {
-                panic!("triggerer exited ({exit}):\n{}", self.log_tail());
-            }
-            if let Ok(r) = self.client.get(self.url("/health")).send().await {
-                if r.status() == reqwest::StatusCode::OK {
-                    return;
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "/health never answered 200 within {secs} s:\n{}",
-                self.log_tail()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let http = HttpServer::start(dir, None, &[]).await;
+        Server { http, incoming }
     }
 
     async fn get_json(&self, path: &str) -> Value {
@@ -184,13 +124,13 @@ impl Server {
                 .cloned();
             match run.as_ref().map(|r| r["state"].as_str()) {
                 Some(Some("success")) => return run.unwrap(),
-                Some(Some("failed")) => panic!("{what} failed: {run:?}\n{}", self.log_tail()),
+                Some(Some("failed")) => panic!("{what} failed: {run:?}\n{}", self.log_text()),
                 _ => {}
             }
             assert!(
                 Instant::now() < deadline,
                 "{what} did not succeed within {secs} s; runs: {runs}\n{}",
-                self.log_tail()
+                self.log_text()
             );
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
@@ -211,7 +151,7 @@ impl Server {
     /// The page at `path` as the browser built it; checks it is a 200 HTML page of the UI.
     async fn page(&self, path: &str) -> String {
         let (status, content_type) = self.fetch(path).await;
-        assert_eq!(status, 200, "GET {path}:\n{}", self.log_tail());
+        assert_eq!(status, 200, "GET {path}:\n{}", self.log_text());
         assert!(
             content_type.starts_with("text/html"),
             "GET {path}: {content_type}"
