@@ -251,6 +251,14 @@ pub fn builtin_providers() -> ProviderRegistry {
     registry
         .register(triggerer_provider_sqs::SqsProvider::default())
         .expect("built-in providers claim distinct classpaths");
+    #[cfg(feature = "nats")]
+    registry
+        .register(triggerer_provider_nats::NatsProvider::default())
+        .expect("built-in providers claim distinct classpaths");
+    #[cfg(feature = "amqp")]
+    registry
+        .register(triggerer_provider_amqp::AmqpProvider::default())
+        .expect("built-in providers claim distinct classpaths");
     #[cfg(feature = "time")]
     registry
         .register(triggerer_provider_time::DateTimeProvider)
@@ -267,6 +275,24 @@ pub fn builtin_providers() -> ProviderRegistry {
     registry
         .register(triggerer_provider_http::WebhookProvider)
         .expect("built-in providers claim distinct classpaths");
+    #[cfg(feature = "mqtt")]
+    registry
+        .register(triggerer_provider_mqtt::MqttProvider)
+        .expect("built-in providers claim distinct classpaths");
+    // Three classpaths (pub/sub, lists, streams) sharing one connection hub.
+    #[cfg(feature = "redis")]
+    {
+        let (pubsub, list, stream) = triggerer_provider_redis::providers();
+        let registered = [
+            registry.register(pubsub),
+            registry.register(list),
+            registry.register(stream),
+        ];
+        registered
+            .into_iter()
+            .collect::<Result<(), _>>()
+            .expect("built-in providers claim distinct classpaths");
+    }
     registry
 }
 

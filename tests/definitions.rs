@@ -214,22 +214,22 @@ fn message_queue_trigger_errors_name_the_scheme_or_uri() {
         format!("[[asset]]\nname = \"a\"\n[[asset.watcher]]\nname = \"w\"\nclasspath = \"MessageQueueTrigger\"\nkwargs = {kwargs}\n")
     };
     assert_error(
-        &watcher("{ scheme = \"nats\" }"),
+        &watcher("{ scheme = \"zmq\" }"),
         6,
         &[
             "asset `a`",
             "watcher `w`",
             "kwargs.scheme",
-            "`nats`",
+            "`zmq`",
             "not served",
         ],
     );
     assert_error(
-        &watcher("{ queue = \"amqp://localhost:5672/orders\" }"),
+        &watcher("{ queue = \"zmq://localhost:5672/orders\" }"),
         6,
         &[
             "kwargs.queue",
-            "amqp://localhost:5672/orders",
+            "zmq://localhost:5672/orders",
             "not served",
             "file, kafka",
         ],

@@ -202,7 +202,7 @@ fn failure_detail(timeout: Duration, error: reqwest::Error) -> String {
 
 fn show_duration(d: Duration) -> String {
     let ms = d.as_millis();
-    if ms < 1000 || ms % 1000 != 0 {
+    if ms < 1000 || !ms.is_multiple_of(1000) {
         format!("{ms} ms")
     } else {
         format!("{} s", ms / 1000)
