@@ -453,3 +453,23 @@ ensure_nats() {
   mkdir -p .services/nats
   _ensure_debian_server nats 4222 nats-server nats-server -js -p 4222 -sd "$PWD/.services/nats"
 }
+
+# MariaDB for the sql provider's tests: root over TCP without a password. Debian's package
+# starts it through its init script; root there authenticates by unix socket only, so TCP
+# access without a password is granted once (a local test server, nothing else).
+ensure_mariadb() {
+  if [ -n "${TRIGGERER_TEST_MYSQL_URL:-}" ]; then
+    echo "mariadb: using TRIGGERER_TEST_MYSQL_URL=$TRIGGERER_TEST_MYSQL_URL as given"
+    return 0
+  fi
+  export TRIGGERER_TEST_MYSQL_URL="mysql://root@127.0.0.1:3306/mysql"
+  if ! port_open 127.0.0.1 3306 && [ -x /etc/init.d/mariadb ] && command -v service >/dev/null 2>&1; then
+    service mariadb start >/dev/null 2>&1 && wait_for_port 127.0.0.1 3306 60 mariadb
+  fi
+  _ensure_debian_server mariadb 3306 mariadb-server mariadbd --user=root --bind-address=127.0.0.1 --port=3306 || return 1
+  if command -v mariadb >/dev/null 2>&1 && ! mariadb -h 127.0.0.1 -P 3306 -u root -e 'SELECT 1' >/dev/null 2>&1; then
+    mariadb -u root -e "ALTER USER root@localhost IDENTIFIED VIA mysql_native_password USING PASSWORD('') OR unix_socket; \
+      CREATE USER IF NOT EXISTS root@'127.0.0.1' IDENTIFIED BY ''; GRANT ALL ON *.* TO root@'127.0.0.1' WITH GRANT OPTION;" \
+      || { echo "mariadb: cannot let root in over TCP without a password" >&2; return 1; }
+  fi
+}

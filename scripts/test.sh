@@ -18,6 +18,7 @@ ensure_redis
 ensure_rabbitmq
 ensure_mosquitto
 ensure_nats
+ensure_mariadb
 
 log=$(mktemp)
 trap 'rm -f "$log"; stop_started_services' EXIT

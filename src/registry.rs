@@ -275,9 +275,17 @@ pub fn builtin_providers() -> ProviderRegistry {
     registry
         .register(triggerer_provider_http::WebhookProvider)
         .expect("built-in providers claim distinct classpaths");
+    #[cfg(feature = "http")]
+    registry
+        .register(triggerer_provider_http::HttpEventProvider)
+        .expect("built-in providers claim distinct classpaths");
     #[cfg(feature = "mqtt")]
     registry
         .register(triggerer_provider_mqtt::MqttProvider)
+        .expect("built-in providers claim distinct classpaths");
+    #[cfg(feature = "sql")]
+    registry
+        .register(triggerer_provider_sql::TableProvider)
         .expect("built-in providers claim distinct classpaths");
     // Three classpaths (pub/sub, lists, streams) sharing one connection hub.
     #[cfg(feature = "redis")]

@@ -17,7 +17,10 @@ pub fn is_sensitive_key(key: &str) -> bool {
         "token",
         "credential",
         "api_key",
+        "api-key",
         "apikey",
+        // HTTP headers that carry credentials (`X-Api-Key`, `Cookie`, `Proxy-Authorization`).
+        "cookie",
         "private_key",
         "private.key",
         "jaas.config",
@@ -128,6 +131,9 @@ mod tests {
             "api_key",
             "ssl.key.pem",
             "sasl.oauthbearer.config",
+            "X-Api-Key",
+            "Cookie",
+            "Proxy-Authorization",
         ] {
             assert!(is_sensitive_key(key), "{key}");
         }
