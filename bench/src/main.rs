@@ -9,12 +9,16 @@
 //! - [`tasks`]: tasks/s through a scheduler and an executor, upstream success → downstream
 //!   process latency at a fixed rate, and an idle pass over 1,000,000 finished task instances;
 //! - [`deferral`]: 100,000 deferred `wait` tasks in one triggerer (memory, idle CPU, open
-//!   executor slots), and trigger fired → resumed command latency.
+//!   executor slots), and trigger fired → resumed command latency;
+//! - [`http`]: events/s pushed through `POST /api/v1/assets/{name}/events` by keep-alive
+//!   clients, send → 201 latency at a fixed rate, and a `/metrics` scrape with 100,000 triggers
+//!   running.
 //!
 //! `scripts/bench.sh` starts what it needs (PostgreSQL, the Kafka test broker) and runs it.
 
 mod deferral;
 mod density;
+mod http;
 mod kafka;
 mod scheduler;
 mod tasks;
@@ -31,6 +35,7 @@ enum Part {
     Scheduler,
     Tasks,
     Deferral,
+    Http,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -43,7 +48,7 @@ enum Engine {
 #[command(about = "Measure triggerer; prints one line per figure")]
 struct Args {
     /// What to measure (everything by default).
-    #[arg(long, value_enum, num_args = 1.., default_values_t = [Part::Density, Part::Kafka, Part::Scheduler, Part::Tasks, Part::Deferral])]
+    #[arg(long, value_enum, num_args = 1.., default_values_t = [Part::Density, Part::Kafka, Part::Scheduler, Part::Tasks, Part::Deferral, Part::Http])]
     part: Vec<Part>,
     /// Watcher counts for the density figures.
     #[arg(long, num_args = 1.., default_values_t = [1_000, 10_000, 100_000])]
@@ -113,6 +118,24 @@ struct Args {
     /// Deferring runs (at 20 a second) for the resume latency figure.
     #[arg(long, default_value_t = 200)]
     resume_runs: usize,
+    /// Events pushed over HTTP for the push throughput figure.
+    #[arg(long, default_value_t = 100_000)]
+    pushes: usize,
+    /// Keep-alive HTTP clients pushing in a closed loop for the push throughput figure.
+    #[arg(long, default_value_t = 64)]
+    push_clients: usize,
+    /// Pushes per second for the push latency figure.
+    #[arg(long, default_value_t = 1_000)]
+    push_rate: u32,
+    /// How long events are pushed at `push_rate`.
+    #[arg(long, default_value_t = 10)]
+    push_latency_seconds: u64,
+    /// File watchers running while `/metrics` is scraped.
+    #[arg(long, default_value_t = 100_000)]
+    scrape_triggers: usize,
+    /// `/metrics` scrapes to time (the median is reported).
+    #[arg(long, default_value_t = 21)]
+    scrapes: usize,
 }
 
 /// A fresh database, removed when dropped (PostgreSQL: dropped by [`FreshDb::remove`]).
@@ -215,6 +238,11 @@ async fn main() -> Result<()> {
         if args.part.contains(&Part::Deferral) {
             deferral::bench_deferred_density(engine, &args).await?;
             deferral::bench_resume_latency(engine, &args).await?;
+        }
+        if args.part.contains(&Part::Http) {
+            http::bench_push_throughput(engine, &args).await?;
+            http::bench_push_latency(engine, &args).await?;
+            http::bench_metrics_scrape(engine, &args).await?;
         }
     }
     Ok(())
