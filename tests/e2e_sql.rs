@@ -342,24 +342,7 @@ schedule = {{ assets = "pg_orders" }}
         .filter(|e| e["asset"] == "pg_orders")
         .filter_map(|e| e["id"].as_i64())
         .collect();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let runs = env.cli.json(&["runs", "list", "--limit", "0", "--json"]);
-        let consumed: BTreeSet<i64> = runs
-            .iter()
-            .filter(|r| r["dag_id"] == "on_pg_orders")
-            .flat_map(|r| r["consumed_events"].as_array().cloned().unwrap_or_default())
-            .filter_map(|v| v.as_i64())
-            .collect();
-        if !runs.is_empty() && consumed == ids {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no run consumed the pg_orders events {ids:?}: {runs:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    common::wait_for_runs_consuming(&env.cli, "on_pg_orders", &ids, 60).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

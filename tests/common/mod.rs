@@ -6,6 +6,7 @@
 pub mod http;
 pub mod tasks;
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 
 use triggerer::store::Store;
@@ -476,5 +477,28 @@ impl std::ops::Deref for Workspace {
     type Target = Cli;
     fn deref(&self) -> &Cli {
         &self.cli
+    }
+}
+
+/// Polls `runs list` until the runs of `dag_id` together consumed exactly the events `events`
+/// (asset event ids); fails after `secs` with the runs it saw.
+pub async fn wait_for_runs_consuming(cli: &Cli, dag_id: &str, events: &BTreeSet<i64>, secs: u64) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        let runs = cli.json(&["runs", "list", "--limit", "0", "--json"]);
+        let consumed: BTreeSet<i64> = runs
+            .iter()
+            .filter(|r| r["dag_id"] == dag_id)
+            .flat_map(|r| r["consumed_events"].as_array().cloned().unwrap_or_default())
+            .filter_map(|v| v.as_i64())
+            .collect();
+        if !runs.is_empty() && &consumed == events {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no run of {dag_id} consumed the events {events:?}: {runs:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     }
 }
